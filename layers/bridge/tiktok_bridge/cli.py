@@ -1,0 +1,31 @@
+"""`tiktok-bridge`: preview mappings, run the TikTok emulator and the local stack."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Sequence
+
+# Each module defines `register(subparsers)`, adding its sub-command with `set_defaults(run=...)`.
+COMMAND_MODULES = (
+    "tiktok_bridge.preview",
+    "tiktok_bridge.emulator",
+    "tiktok_bridge.local",
+    "tiktok_bridge.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tiktok-bridge",
+        description="Segment -> TikTok Events API 2.0 bridge: preview mappings, run the emulator or the local stack.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
