@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from moto import mock_aws
 from tiktok_bridge import queue
 from tiktok_bridge.model import MappedEvent, Route
 
@@ -25,12 +23,8 @@ def event(n: int, route: Route = WEB, **extra: Any) -> MappedEvent:
 
 
 @pytest.fixture
-def sqs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield boto3.client("sqs")
+def sqs(aws: None) -> Any:
+    return boto3.client("sqs")
 
 
 @pytest.fixture
