@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit lint bench clean
+.PHONY: install demo test unit lint build-check bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,15 +17,26 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tiktok-bridge demo
 
+# SAM CLI offline: a region, no telemetry, no credentials needed.
+SAM := SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 $(BIN)/sam
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy layers/bridge functions tests
+	$(BIN)/mypy layers/bridge functions tests tools
+	$(BIN)/cfn-lint template.yaml
+	$(SAM) validate --lint --region us-east-1
+	$(BIN)/python tools/lint_template.py template.yaml
+
+# `sam build` without Docker or Python 3.13 (makefile builds, arm64 cp313 wheels), then check the artifact.
+build-check: $(STAMP)
+	PYTHON=$(abspath $(BIN)/python) $(SAM) build --template-file template.yaml
+	$(BIN)/python tools/check_build.py .aws-sam/build
 
 unit: $(STAMP)
 	$(BIN)/pytest
 
-test: lint unit
+test: lint unit build-check
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
