@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path as FilePath
@@ -333,6 +333,13 @@ class BridgeConfig(_Strict):
         """The route for `source`, or None when that destination is disabled."""
         destination = self.web if source == "web" else self.offline
         return Route(source, destination.test_event_code) if destination.enabled else None
+
+    def with_destinations(self, sources: Collection[str]) -> BridgeConfig:
+        """A copy with exactly `sources` ("web", "offline") enabled, test event codes kept."""
+        data = self.model_dump(by_alias=True, exclude_unset=True)
+        for source in ("web", "offline"):
+            data[source] = {**getattr(self, source).model_dump(), "enabled": source in sources}
+        return BridgeConfig.model_validate(data)
 
     @cached_property
     def plan(self) -> Plan:

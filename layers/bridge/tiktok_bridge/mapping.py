@@ -8,7 +8,7 @@ that names fields, never their values.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -295,14 +295,18 @@ def map_event(raw: object, config: BridgeConfig, *, now: float | None = None) ->
     return result
 
 
-def map_events(events: Sequence[object], config: BridgeConfig, *, now: float | None = None) -> MappingResult:
-    """Map a batch of raw Segment events (as `segment.parse_body` returns them)."""
-    now = time.time() if now is None else now
+def merge(mappings: Iterable[EventMapping]) -> MappingResult:
+    """The batch result of per-event mappings."""
     result = MappingResult()
-    for raw in events:
-        mapped = map_event(raw, config, now=now)
+    for mapped in mappings:
         result.forwarded.extend(mapped.forwarded)
         result.rejected.extend(Outcome(mapped.message_id, reason) for reason in mapped.rejected)
         if mapped.skipped is not None:
             result.skipped.append(Outcome(mapped.message_id, mapped.skipped))
     return result
+
+
+def map_events(events: Sequence[object], config: BridgeConfig, *, now: float | None = None) -> MappingResult:
+    """Map a batch of raw Segment events (as `segment.parse_body` returns them)."""
+    now = time.time() if now is None else now
+    return merge(map_event(raw, config, now=now) for raw in events)
