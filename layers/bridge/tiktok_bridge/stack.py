@@ -13,10 +13,14 @@ import string
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 import yaml
+
+if TYPE_CHECKING:
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+    from mypy_boto3_sqs import SQSClient
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "template.yaml"
 LOCAL_ACCOUNT_ID = "123456789012"  # moto's default account
@@ -113,6 +117,13 @@ class Stack:
     region: str
     endpoint_url: str | None = None
     resources: dict[str, dict[str, str]] = field(default_factory=dict)
+    session: boto3.session.Session | None = field(default=None, repr=False, compare=False)
+
+    def client(self, service: Literal["sqs", "secretsmanager"]) -> Any:
+        """A boto3 client for `service` where the resources live (moto under mock_aws, or `endpoint_url`)."""
+        return (self.session or boto3).client(
+            service, region_name=self.region, endpoint_url=self.endpoint_url
+        )
 
     def environment(self) -> dict[str, str]:
         """Both functions' environment variables in one mapping (sender values win on a conflict)."""
@@ -122,8 +133,9 @@ class Stack:
         """Replace the secret's value (JSON of `values`) and drop Powertools' cached copy of it."""
         from aws_lambda_powertools.utilities import parameters
 
-        client = boto3.client("secretsmanager", region_name=self.region, endpoint_url=self.endpoint_url)
-        client.put_secret_value(SecretId=self.secret_id, SecretString=json.dumps(dict(values)))
+        self.client("secretsmanager").put_secret_value(
+            SecretId=self.secret_id, SecretString=json.dumps(dict(values))
+        )
         parameters.clear_caches()  # type: ignore[no-untyped-call]
 
 
@@ -135,17 +147,22 @@ def create_stack(
     parameters: Mapping[str, str] | None = None,
     stack_name: str = DEFAULT_STACK_NAME,
     base_dir: Path | None = None,
+    session: boto3.session.Session | None = None,
 ) -> Stack:
     """Create the template's queues and secret through boto3 and describe the functions that use them.
 
-    `endpoint_url` points boto3 at a moto server; leave it None under `moto.mock_aws`. `CodeUri`s are relative
-    to `base_dir`: by default the template file's folder, or the repository for an already-loaded template.
+    `endpoint_url` (and `session`, for credentials) point boto3 at a moto server; leave them None under
+    `moto.mock_aws`. `CodeUri`s are relative to `base_dir`: by default the template file's folder, or the
+    repository for an already-loaded template.
     """
     if isinstance(template, Mapping):
         document, folder = template, base_dir or DEFAULT_TEMPLATE.parent
     else:
         document, folder = load_template(template), base_dir or Path(template).resolve().parent
-    builder = _Builder(document, folder, region, endpoint_url, dict(parameters or {}), stack_name)
+    clients = session or boto3
+    sqs = clients.client("sqs", region_name=region, endpoint_url=endpoint_url)
+    secrets_manager = clients.client("secretsmanager", region_name=region, endpoint_url=endpoint_url)
+    builder = _Builder(document, folder, region, dict(parameters or {}), stack_name, sqs, secrets_manager)
     for logical_id in builder.resources:
         builder.attributes(logical_id)  # creates every queue and secret, dependencies first
     queue = builder.resource_properties(QUEUE_ID, "AWS::SQS::Queue")
@@ -169,7 +186,19 @@ def create_stack(
         region=region,
         endpoint_url=endpoint_url,
         resources=dict(builder.created),
+        session=session,
     )
+
+
+def delete_stack(stack: Stack) -> None:
+    """Delete what `create_stack` made (queues, secrets), e.g. to leave a shared moto server clean."""
+    for attributes in stack.resources.values():
+        if "QueueUrl" in attributes:
+            stack.client("sqs").delete_queue(QueueUrl=attributes["QueueUrl"])
+        else:
+            stack.client("secretsmanager").delete_secret(
+                SecretId=attributes["Arn"], ForceDeleteWithoutRecovery=True
+            )
 
 
 class _Builder:
@@ -180,9 +209,10 @@ class _Builder:
         document: Mapping[str, Any],
         base_dir: Path,
         region: str,
-        endpoint_url: str | None,
         parameters: dict[str, str],
         stack_name: str,
+        sqs: SQSClient,
+        secrets_manager: SecretsManagerClient,
     ) -> None:
         self.document = document
         self.resources: dict[str, Any] = document["Resources"]
@@ -191,8 +221,7 @@ class _Builder:
         self.parameters = self._parameters(parameters)
         self.created: dict[str, dict[str, str]] = {}
         self._creating: set[str] = set()
-        self._sqs = boto3.client("sqs", region_name=region, endpoint_url=endpoint_url)
-        self._secrets = boto3.client("secretsmanager", region_name=region, endpoint_url=endpoint_url)
+        self._sqs, self._secrets = sqs, secrets_manager
         self._creators: dict[str, Callable[[str, dict[str, Any]], dict[str, str]]] = {
             "AWS::SQS::Queue": self._create_queue,
             "AWS::SecretsManager::Secret": self._create_secret,
