@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -149,10 +150,12 @@ class ConfigError(ValueError):
 def custom_event_name(segment_event: str) -> str | None:
     """A valid TikTok custom event name for an unmapped Segment event, or None if nothing is left.
 
-    Runs of characters other than letters, digits, `_`, `-` become `_`; leading non-letters are dropped;
-    a collision with a standard event name gets the `Custom_` prefix; the result is cut to 50 characters.
+    Accents are dropped (`É` -> `E`); runs of characters other than ASCII letters, digits, `_`, `-`
+    become `_`; leading non-letters are dropped; a standard event name gets the `Custom_` prefix; the
+    result is cut to 50 characters.
     """
-    name = _NOT_NAME_CHAR.sub("_", segment_event.strip()).strip("_")
+    ascii_name = unicodedata.normalize("NFKD", segment_event).encode("ascii", "ignore").decode()
+    name = _NOT_NAME_CHAR.sub("_", ascii_name.strip()).strip("_")
     name = re.sub(r"^[^A-Za-z]+", "", name)
     if not name:
         return None

@@ -24,13 +24,13 @@ class EventError(ValueError):
 
 
 def parse_body(raw: bytes) -> list[object]:
-    """The events in `raw`: one event object, a JSON array of them, or `{"batch": [...]}`.
+    """The events in `raw` (UTF-8 JSON): one event object, a JSON array of them, or `{"batch": [...]}`.
 
     Array elements are returned as they are; each is validated on its own by `parse_event`, so one bad
     element does not cost the others.
     """
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise BodyError("body is not UTF-8 text") from None
     except json.JSONDecodeError as error:
