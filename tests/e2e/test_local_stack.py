@@ -1,0 +1,210 @@
+"""End to end over real sockets: HTTP -> ingest -> moto SQS -> sender -> TikTok emulator, and the CLIs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tiktok_bridge.auth import signature
+from tiktok_bridge.local import LocalStack
+
+pytestmark = pytest.mark.e2e
+
+SAMPLES = Path(__file__).resolve().parents[2] / "events" / "segment"
+CLI = [str(Path(sys.executable).parent / "tiktok-bridge")]
+ORDER = json.loads((SAMPLES / "order-completed.json").read_text(encoding="utf-8"))
+RAW_PII = [
+    "Jane.Doe@Example.com",
+    "jane.doe@example.com",
+    "(415) 555-0134",
+    "+14155550134",
+    "100 Example Street",
+]
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def local() -> Iterator[LocalStack]:
+    with LocalStack(batching_window_s=0) as running:
+        yield running
+
+
+@pytest.fixture
+def fresh(local: LocalStack) -> LocalStack:
+    """The shared stack with an empty emulator record and no faults."""
+    assert local.emulator is not None
+    local.emulator.reset()
+    return local
+
+
+def post(local: LocalStack, body: bytes, **headers: str) -> httpx.Response:
+    signed = {"content-type": "application/json", "x-signature": signature(local.webhook_secret, body)}
+    return httpx.post(local.ingest_url, content=body, headers={**signed, **headers}, timeout=30)
+
+
+def delivered(local: LocalStack) -> list[dict[str, Any]]:
+    assert local.emulator is not None
+    return [event for request in local.emulator.accepted_requests() for event in request["data"]]
+
+
+def test_a_sample_arrives_at_tiktok_hashed(fresh: LocalStack) -> None:
+    response = post(fresh, (SAMPLES / "order-completed.json").read_bytes())
+    assert response.status_code == 200, response.text
+    assert response.json() == {"accepted": 1, "rejected": [], "skipped": 0}
+    fresh.wait_until_drained(30)
+    assert fresh.emulator is not None
+    [request] = fresh.emulator.accepted_requests()
+    assert (request["event_source"], request["event_source_id"]) == ("web", "PIXEL123")
+    [event] = request["data"]
+    assert (event["event"], event["event_id"]) == ("Purchase", ORDER["messageId"])
+    assert event["user"]["email"] == sha256("jane.doe@example.com")
+    assert event["user"]["phone"] == sha256("+14155550134")
+    assert event["properties"]["value"] == 119.97 and event["properties"]["currency"] == "USD"
+    assert fresh.dlq_messages() == []
+
+
+def test_every_sample_is_delivered_and_counts_match(fresh: LocalStack) -> None:
+    accepted = 0
+    for path in sorted(SAMPLES.glob("*.json")):
+        response = post(fresh, path.read_bytes())
+        assert response.status_code == 200, (path.name, response.text)
+        accepted += response.json()["accepted"]
+    fresh.wait_until_drained(60)
+    events = delivered(fresh)
+    assert len(events) == accepted
+    names = Counter(event["event"] for event in events)
+    assert names == {"Purchase": 3, "Pageview": 2, "ViewContent": 2, "Search": 2, "CompleteRegistration": 2}
+    text = json.dumps(fresh.emulator.accepted_requests() if fresh.emulator else [])
+    assert not [pii for pii in RAW_PII if pii in text]
+
+
+def test_a_poison_event_ends_in_the_dlq_with_its_reason_and_the_rest_is_delivered(fresh: LocalStack) -> None:
+    assert fresh.emulator is not None
+    fresh.emulator.set_faults(poison_marker="poison-")
+    good = {**ORDER, "messageId": "good-1"}
+    bad = {**ORDER, "messageId": "poison-1"}
+    response = post(fresh, json.dumps([good, bad]).encode())
+    assert response.json()["accepted"] == 2
+    fresh.wait_until_drained(30)
+    assert [event["event_id"] for event in delivered(fresh)] == ["good-1"]
+    [letter] = fresh.dlq_messages()
+    assert json.loads(letter.body)["event_id"] == "poison-1"
+    assert letter.attributes["dlq_reason"].startswith("rejected by TikTok")
+    assert letter.attributes["tiktok_code"] == "40002"
+    assert not [pii for pii in RAW_PII if pii in letter.body + json.dumps(letter.attributes)]
+    # leave the DLQ empty for the next test
+    sqs = fresh.stack.client("sqs")
+    sqs.purge_queue(QueueUrl=fresh.stack.dlq_url)
+
+
+def test_function_logs_never_hold_raw_pii(local: LocalStack) -> None:
+    post(local, (SAMPLES / "order-completed.json").read_bytes())
+    local.wait_until_drained(30)
+    assert any('"function_name":"IngestFunction"' in line for line in local.logs)
+    assert any('"function_name":"SenderFunction"' in line for line in local.logs)
+    assert not [line for line in local.logs for pii in RAW_PII if pii in line]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b"not json", {}, 400),
+        (b'{"type":"track"}', {"x-signature": "0" * 40}, 401),
+        (b'{"type":"track"}', {"x-signature": ""}, 401),
+        (b"[" + b" " * 5_000_001 + b"]", {}, 413),
+    ],
+)
+def test_bad_requests_get_clear_answers_and_enqueue_nothing(
+    fresh: LocalStack, body: bytes, headers: dict[str, str], status: int
+) -> None:
+    response = post(fresh, body, **headers)
+    assert response.status_code == status
+    assert response.json()["error"]
+    assert fresh.queue_depth()["queued"] == 0
+
+
+def test_unknown_routes_get_api_gateway_404(local: LocalStack) -> None:
+    response = httpx.get(local.ingest_url)
+    assert (response.status_code, response.json()) == (404, {"message": "Not Found"})
+
+
+# --- the CLIs as subprocesses ---
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(child) for child in (task / "children").read_text().split()}
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.split(") ")[1][0] != "Z"
+
+
+def test_serve_prints_its_urls_accepts_a_signed_event_and_stops_cleanly_on_sigint() -> None:
+    process = subprocess.Popen(
+        [*CLI, "serve", "--port", "0", "--webhook-secret", "s3cret"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(4)]
+        urls = dict(re.findall(r"^(\w[\w ]*):\s+(?:POST )?(\S+)", "".join(lines), re.MULTILINE))
+        assert urls["webhook secret"] == "s3cret"
+        assert urls["tiktok"].startswith("http://127.0.0.1:")
+        children = children_of(process.pid)
+        assert len(children) == 2  # the ingest and sender function instances
+        body = (SAMPLES / "track.json").read_bytes()
+        answer = httpx.post(urls["ingest"], content=body, headers={"x-signature": signature("s3cret", body)})
+        assert (answer.status_code, answer.json()["accepted"]) == (200, 1)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert "stopped" in process.stdout.read()
+        assert not [pid for pid in children if alive(pid)]
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_serve_refuses_a_taken_port_clearly() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*CLI, "serve", "--port", str(port)], capture_output=True, text=True, timeout=60, check=False
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port} for the ingest API" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_delivers_every_sample_and_exits_0() -> None:
+    result = subprocess.run([*CLI, "demo"], capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"accepted (\d+),.*\ndelivered to TikTok: \1 events", result.stdout)
+    assert "LOST" not in result.stdout and "FAILED" not in result.stdout
+    assert re.search(r'"external_id": "[0-9a-f]{64}"', result.stdout)  # the sample body shows hashes
