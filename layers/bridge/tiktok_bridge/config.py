@@ -253,7 +253,7 @@ class Rule:
     where: tuple[CompiledCondition, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: compiled once per config, cached by mapping
 class Plan:
     """A `BridgeConfig` compiled for the hot path: rules indexed by (type, name), sources parsed once."""
 

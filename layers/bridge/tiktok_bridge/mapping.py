@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -18,9 +19,9 @@ from pydantic import TypeAdapter, ValidationError
 from tiktok_bridge import normalize
 from tiktok_bridge.config import BridgeConfig, Plan, Rule, custom_event_name
 from tiktok_bridge.model import MappedEvent, MappingResult, Outcome, Route
-from tiktok_bridge.segment import FORWARDABLE_TYPES, EventError, message_id_of, parse_event
+from tiktok_bridge.segment import FORWARDABLE_TYPES, EventError, Path, message_id_of, parse_event
 
-Converter = Callable[[Any, Plan], Any]
+Converter = Callable[[Any], Any]  # source value -> TikTok value, or None (omitted: try the next source)
 CONTENT_TYPES = frozenset({"product", "product_group"})
 OFFLINE_IDENTIFIERS = ("email", "phone", "external_id")
 OFFLINE_NEEDS_ID = "offline event needs a valid email, phone or external_id"
@@ -41,9 +42,9 @@ class EventMapping:
     sources: dict[str, str] = field(default_factory=dict)  # TikTok field -> source path (never the value)
 
 
-def _event_time(value: Any, plan: Plan) -> int | None:
+def _event_time(value: Any) -> int | None:
     """Unix seconds from an ISO-8601 string or a Unix time in seconds or milliseconds (pydantic's rules)."""
-    if value is None or isinstance(value, bool):
+    if isinstance(value, bool):
         return None
     try:
         moment = _DATETIME.validate_python(value)
@@ -54,120 +55,142 @@ def _event_time(value: Any, plan: Plan) -> int | None:
     return int(moment.timestamp())
 
 
-def _flag(value: Any, plan: Plan) -> bool | None:
+def _flag(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
-def _text(value: Any, plan: Plan) -> str | None:
-    return normalize.text(value)
-
-
-def _external_id(value: Any, plan: Plan) -> str | None:
-    lowercase = plan.lowercase_external_id
-    return normalize.hashed(value, lambda raw: normalize.external_id(raw, lowercase=lowercase))
-
-
-def _email(value: Any, plan: Plan) -> str | list[str] | None:
-    return normalize.hashed_many(value, normalize.email)
-
-
-def _phone(value: Any, plan: Plan) -> str | list[str] | None:
-    def hash_input(raw: str) -> str | None:
-        e164 = normalize.phone(raw, plan.phone_region)
-        return normalize.phone_hash_input(e164) if e164 else None
-
-    return normalize.hashed_many(value, hash_input)
-
-
-def _name(value: Any, plan: Plan) -> str | None:
-    return normalize.hashed(value, normalize.letters_digits)
-
-
-def _zip(value: Any, plan: Plan) -> str | None:
-    return normalize.hashed(value, normalize.zip_code)
-
-
-def _location(value: Any, plan: Plan) -> str | None:
+def _location(value: Any) -> str | None:
     raw = normalize.text(value)
     return normalize.letters_digits(raw) if raw else None
 
 
-def _currency(value: Any, plan: Plan) -> str | None:
-    return normalize.currency(value)
-
-
-def _number(value: Any, plan: Plan) -> int | float | None:
-    return normalize.number(value)
-
-
-def _quantity(value: Any, plan: Plan) -> int | float | None:
+def _quantity(value: Any) -> int | float | None:
     quantity = normalize.number(value)
     return int(quantity) if quantity is not None and quantity == int(quantity) else quantity
 
 
-def _content_type(value: Any, plan: Plan) -> str | None:
+def _content_type(value: Any) -> str | None:
     return value if value in CONTENT_TYPES else None
 
 
-# TikTok field -> how its source value is converted (None = omitted, try the next source).
-USER_FIELDS: dict[str, Converter] = {
-    "external_id": _external_id,
-    "email": _email,
-    "phone": _phone,
-    "first_name": _name,
-    "last_name": _name,
-    "city": _location,
-    "state": _location,
-    "country": _location,
-    "zip_code": _zip,
-    "ip": _text,
-    "user_agent": _text,
-    "locale": _text,
-    "ttclid": _text,
-    "ttp": _text,
-}
-OFFLINE_USER_FIELDS: dict[str, Converter] = {"lead_id": _text}
-PAGE_FIELDS: dict[str, Converter] = {"url": _text, "referrer": _text}
-PROPERTY_FIELDS: dict[str, Converter] = {
-    "currency": _currency,
-    "value": _number,
-    "query": _text,
-    "order_id": _text,
-    "shop_id": _text,
-    "description": _text,
-}
-CONTENT_FIELDS: dict[str, Converter] = {
-    "content_id": _text,
-    "content_name": _text,
-    "content_category": _text,
-    "price": _number,
-    "quantity": _quantity,
-    "brand": _text,
-}
+def _converters(plan: Plan) -> dict[str, Converter]:
+    """TikTok field -> converter; the two that depend on settings are bound to `plan` here."""
+    region = plan.phone_region
+
+    def phone_hash_input(raw: str) -> str | None:
+        e164 = normalize.phone(raw, region)
+        return normalize.phone_hash_input(e164) if e164 else None
+
+    def external_id(raw: str) -> str | None:
+        return normalize.external_id(raw, lowercase=plan.lowercase_external_id)
+
+    text = normalize.text
+    return {
+        "event_id": text,
+        "event_time": _event_time,
+        "limited_data_use": _flag,
+        "user.external_id": lambda value: normalize.hashed(value, external_id),
+        "user.email": lambda value: normalize.hashed_many(value, normalize.email),
+        "user.phone": lambda value: normalize.hashed_many(value, phone_hash_input),
+        "user.first_name": lambda value: normalize.hashed(value, normalize.letters_digits),
+        "user.last_name": lambda value: normalize.hashed(value, normalize.letters_digits),
+        "user.city": _location,
+        "user.state": _location,
+        "user.country": _location,
+        "user.zip_code": lambda value: normalize.hashed(value, normalize.zip_code),
+        "user.ip": text,
+        "user.user_agent": text,
+        "user.locale": text,
+        "user.ttclid": text,
+        "user.ttp": text,
+        "user.lead_id": text,
+        "page.url": text,
+        "page.referrer": text,
+        "properties.content_type": _content_type,
+        "properties.currency": normalize.currency,
+        "properties.value": normalize.number,
+        "properties.query": text,
+        "properties.order_id": text,
+        "properties.shop_id": text,
+        "properties.description": text,
+        "contents.content_id": text,
+        "contents.content_name": text,
+        "contents.content_category": text,
+        "contents.price": normalize.number,
+        "contents.quantity": _quantity,
+        "contents.brand": text,
+    }
 
 
-class _Resolver:
-    """Reads TikTok fields from one raw event through the plan's source paths, noting each field's source."""
+@dataclass(frozen=True)
+class _Field:
+    """One TikTok field, compiled: where it goes, where it comes from, how it is converted."""
 
-    def __init__(self, plan: Plan, sources: dict[str, str]) -> None:
-        self.plan = plan
-        self.sources = sources
+    key: str  # e.g. "user.email"
+    name: str  # its name inside its group, e.g. "email"
+    paths: tuple[Path, ...]
+    convert: Converter
 
-    def first(self, key: str, convert: Converter, data: Mapping[str, Any], prefix: str = "") -> Any:
-        for path in self.plan.sources[key]:
-            value = convert(path.get(data), self.plan)
+    def first(self, data: Mapping[str, Any], sources: dict[str, str], prefix: str = "") -> Any:
+        """The converted value of the first source path holding a usable value; notes that path."""
+        for path in self.paths:
+            value = path.get(data)
             if value is not None:
-                self.sources.setdefault(key, prefix + path.text)
-                return value
+                value = self.convert(value)
+                if value is not None:
+                    if self.key not in sources:
+                        sources[self.key] = prefix + path.text
+                    return value
         return None
 
-    def group(self, group: str, fields: Mapping[str, Converter], data: Mapping[str, Any]) -> dict[str, Any]:
-        found = {}
-        for name, convert in fields.items():
-            value = self.first(f"{group}.{name}", convert, data)
-            if value is not None:
-                found[name] = value
-        return found
+
+def _group(fields: Sequence[_Field], data: Mapping[str, Any], sources: dict[str, str]) -> dict[str, Any]:
+    found = {}
+    for item in fields:
+        value = item.first(data, sources)
+        if value is not None:
+            found[item.name] = value
+    return found
+
+
+@dataclass(frozen=True)
+class _Fields:
+    """All TikTok fields of a plan, compiled once per plan and grouped as the request nests them."""
+
+    single: Mapping[str, _Field]  # event_id, event_time, limited_data_use, properties.content_type
+    user: tuple[_Field, ...]
+    offline_user: tuple[_Field, ...]
+    page: tuple[_Field, ...]
+    properties: tuple[_Field, ...]
+    contents: tuple[_Field, ...]
+
+
+_SINGLE = ("event_id", "event_time", "limited_data_use", "properties.content_type")
+_OFFLINE_ONLY = ("user.lead_id",)
+
+
+@lru_cache(maxsize=16)
+def _fields(plan: Plan) -> _Fields:
+    converters = _converters(plan)
+    compiled = {
+        key: _Field(key, key.partition(".")[2], paths, converters[key]) for key, paths in plan.sources.items()
+    }
+
+    def group(prefix: str) -> tuple[_Field, ...]:
+        return tuple(
+            item
+            for key, item in compiled.items()
+            if key.startswith(prefix) and key not in _SINGLE and key not in _OFFLINE_ONLY
+        )
+
+    return _Fields(
+        single={key: compiled[key] for key in _SINGLE},
+        user=group("user."),
+        offline_user=tuple(compiled[key] for key in _OFFLINE_ONLY),
+        page=group("page."),
+        properties=group("properties."),
+        contents=group("contents."),
+    )
 
 
 def _products(raw: Mapping[str, Any], mode: str) -> tuple[list[Any], str]:
@@ -181,34 +204,38 @@ def _products(raw: Mapping[str, Any], mode: str) -> tuple[list[Any], str]:
     return [properties], "properties."
 
 
-def _contents(resolver: _Resolver, raw: Mapping[str, Any], mode: str) -> list[dict[str, Any]]:
+def _contents(
+    fields: _Fields, raw: Mapping[str, Any], mode: str, sources: dict[str, str]
+) -> list[dict[str, Any]]:
     products, prefix = _products(raw, mode)
     contents = []
     for product in products:
         if isinstance(product, dict):
-            item = {
-                name: value
-                for name, convert in CONTENT_FIELDS.items()
-                if (value := resolver.first(f"contents.{name}", convert, product, prefix)) is not None
-            }
+            item = {}
+            for content_field in fields.contents:
+                value = content_field.first(product, sources, prefix)
+                if value is not None:
+                    item[content_field.name] = value
             if item:
                 contents.append(item)
     return contents
 
 
-def _properties(resolver: _Resolver, raw: Mapping[str, Any], mode: str) -> dict[str, Any]:
-    properties = resolver.group("properties", PROPERTY_FIELDS, raw)
-    contents = _contents(resolver, raw, mode)
+def _properties(
+    fields: _Fields, raw: Mapping[str, Any], mode: str, sources: dict[str, str]
+) -> dict[str, Any]:
+    properties = _group(fields.properties, raw, sources)
+    contents = _contents(fields, raw, mode, sources)
     if contents:
         properties["contents"] = contents
-        content_type = resolver.first("properties.content_type", _content_type, raw)
+        content_type = fields.single["properties.content_type"].first(raw, sources)
         if content_type is None:
-            resolver.sources["properties.content_type"] = "default"
+            sources["properties.content_type"] = "default"
         properties["content_type"] = content_type or "product"
         if "value" not in properties and any("price" in item for item in contents):
             total = sum(item.get("price", 0) * item.get("quantity", 1) for item in contents)
             properties["value"] = round(total, 6)
-            resolver.sources["properties.value"] = "sum of contents price x quantity"
+            sources["properties.value"] = "sum of contents price x quantity"
     return properties
 
 
@@ -246,30 +273,28 @@ def map_event(raw: object, config: BridgeConfig, *, now: float | None = None) ->
         result.skipped = rules
         return result
 
-    resolver = _Resolver(plan, result.sources)
-    event_id = resolver.first("event_id", _text, raw)
+    fields, sources = _fields(plan), result.sources
+    event_id = fields.single["event_id"].first(raw, sources)
     if event_id is None:
         result.rejected.append("event_id: no source path holds a value")
         return result
-    event_time = resolver.first("event_time", _event_time, raw)
+    event_time = fields.single["event_time"].first(raw, sources)
     if event_time is None:
         event_time = int(time.time() if now is None else now)
-        result.sources["event_time"] = "now"
-    limited = resolver.first("limited_data_use", _flag, raw)
+        sources["event_time"] = "now"
+    limited = fields.single["limited_data_use"].first(raw, sources)
     if limited is None:
         limited = plan.limited_data_use
-        result.sources["limited_data_use"] = "setting limited_data_use"
-    user = resolver.group("user", USER_FIELDS, raw)
+        sources["limited_data_use"] = "setting limited_data_use"
+    user = _group(fields.user, raw, sources)
     event_sources = {route.event_source for rule in rules for route in rule.routes}
-    page = resolver.group("page", PAGE_FIELDS, raw) if "web" in event_sources else {}
-    offline_user = (
-        {**user, **resolver.group("user", OFFLINE_USER_FIELDS, raw)} if "offline" in event_sources else {}
-    )
+    page = _group(fields.page, raw, sources) if "web" in event_sources else {}
+    offline_user = {**user, **_group(fields.offline_user, raw, sources)} if "offline" in event_sources else {}
 
     sent: set[tuple[str, Route]] = set()
     for rule in rules:
-        result.sources.setdefault("event", f"triggers.{rule.trigger_id}")
-        properties = _properties(resolver, raw, rule.contents)
+        sources.setdefault("event", f"triggers.{rule.trigger_id}")
+        properties = _properties(fields, raw, rule.contents, sources)
         for route in rule.routes:
             if (rule.tiktok_event, route) in sent:
                 continue
