@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -262,7 +262,7 @@ def map_event(raw: object, config: BridgeConfig, *, now: float | None = None) ->
         event = parse_event(raw)
     except EventError as error:
         return EventMapping(message_id_of(raw), rejected=[f"invalid event: {error}"])
-    assert isinstance(raw, dict)  # parse_event accepts objects only
+    raw = cast(dict[str, Any], raw)  # parse_event accepts JSON objects only
     result = EventMapping(event.messageId)
     if event.type not in FORWARDABLE_TYPES:
         result.skipped = f"{event.type} events are not forwarded"
@@ -306,7 +306,8 @@ def map_event(raw: object, config: BridgeConfig, *, now: float | None = None) ->
             }
             if route.event_source == "offline":
                 if not any(key in offline_user for key in OFFLINE_IDENTIFIERS):
-                    result.rejected.append(OFFLINE_NEEDS_ID)
+                    if OFFLINE_NEEDS_ID not in result.rejected:
+                        result.rejected.append(OFFLINE_NEEDS_ID)
                     continue
                 data["user"] = dict(offline_user)
             else:
