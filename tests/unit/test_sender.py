@@ -1,0 +1,370 @@
+"""The sender Lambda over real HTTP to the TikTok emulator; the template's queue, DLQ and secret in moto."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from tiktok_bridge import queue, sender
+from tiktok_bridge.emulator import Emulator
+from tiktok_bridge.model import MappedEvent, Route
+from tiktok_bridge.secret import fetch_secret
+from tiktok_bridge.stack import Stack
+
+SAMPLE_EVENT = Path(__file__).resolve().parents[2] / "events" / "sqs-sender.json"
+WEB, OFFLINE = Route("web"), Route("offline")
+RAW_EMAIL, RAW_PHONE, RAW_NAME = "jane.doe@example.com", "+14155550100", "Jane"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def mapped(n: int, route: Route = WEB, event_id: str | None = None, **properties: Any) -> MappedEvent:
+    """A TikTok-ready event as ingest queues it: PII already hashed."""
+    data: dict[str, Any] = {
+        "event": "Purchase",
+        "event_time": 1767225600 + n,
+        "event_id": event_id or f"msg-{route.event_source}-{n:05d}",
+        "user": {"email": sha(f"user{n}@example.com"), "phone": sha(RAW_PHONE), "external_id": sha(f"u{n}")},
+        "properties": {"currency": "USD", "value": 10.5, **properties},
+    }
+    if route.event_source == "web":
+        data["user"]["ip"] = "203.0.113.7"
+        data["page"] = {"url": f"https://shop.example.com/p/{n}"}
+    return MappedEvent(route, data)
+
+
+def lambda_record(message_id: str, body: str, attributes: dict[str, Any]) -> dict[str, Any]:
+    """An SQS record as Lambda delivers it, from SQS-API-shaped message attributes."""
+    return {
+        "messageId": message_id,
+        "receiptHandle": f"rh-{message_id}",
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {
+            name: {
+                "stringValue": a["StringValue"],
+                "stringListValues": [],
+                "binaryListValues": [],
+                "dataType": "String",
+            }
+            for name, a in attributes.items()
+        },
+        "md5OfBody": hashlib.md5(body.encode()).hexdigest(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:EventsQueue",
+        "awsRegion": "us-east-1",
+    }
+
+
+def sqs_event(events: Sequence[MappedEvent]) -> dict[str, Any]:
+    """The Lambda event for `events` encoded in the queue format (message id = `m<index>`)."""
+    entries = [queue.encode(event, str(n)) for n, event in enumerate(events)]
+    return {
+        "Records": [lambda_record(f"m{e['Id']}", e["MessageBody"], e["MessageAttributes"]) for e in entries]
+    }
+
+
+@dataclass
+class Context:
+    function_name: str = "SenderFunction"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:SenderFunction"
+    aws_request_id: str = "test-request"
+
+
+def invoke(event: dict[str, Any]) -> list[str]:
+    """Run the Lambda handler; the message ids it reports as batch item failures."""
+    response = sender.lambda_handler(event, Context())
+    return [failure["itemIdentifier"] for failure in response["batchItemFailures"]]
+
+
+def process(event: dict[str, Any]) -> set[str]:
+    return sender.process([SQSRecord(record) for record in event["Records"]])
+
+
+def dead_letters(stack: Stack) -> list[dict[str, Any]]:
+    sqs = boto3.client("sqs", region_name=stack.region)
+    messages: list[Any] = []
+    while batch := sqs.receive_message(
+        QueueUrl=stack.dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+    ).get("Messages", []):
+        messages += batch
+    return messages
+
+
+def attributes(message: dict[str, Any]) -> dict[str, str]:
+    return {name: a["StringValue"] for name, a in message.get("MessageAttributes", {}).items()}
+
+
+def emf_metrics(output: str) -> dict[str, Any]:
+    """Metric values (lists) from the EMF lines Powertools printed; a later line wins for a repeated name."""
+    values: dict[str, Any] = {}
+    for line in output.splitlines():
+        blob = json.loads(line) if line.startswith("{") else {}
+        for directive in blob.get("_aws", {}).get("CloudWatchMetrics", []):
+            for metric in directive["Metrics"]:
+                values[metric["Name"]] = blob[metric["Name"]]
+    return values
+
+
+@pytest.fixture(autouse=True)
+def clean_metrics(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(sender.metrics, "namespace", "TikTokBridge")  # env is set after the module's import
+    sender.metrics.clear_metrics()
+    yield
+    sender.metrics.clear_metrics()
+
+
+@pytest.fixture
+def output(capsys: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[[], str]:
+    """Everything the sender writes: its Powertools log lines and the EMF metrics lines."""
+    logs = io.StringIO()
+    monkeypatch.setattr(sender.logger.registered_handler, "stream", logs)
+    return lambda: logs.getvalue() + capsys.readouterr().out
+
+
+@pytest.fixture
+def tiktok(stack: Stack, emulator: Emulator) -> Emulator:
+    """The template's resources in moto and the emulator as TikTok (strict: hashed PII only)."""
+    emulator.strict = True
+    return emulator
+
+
+def test_handler_delivers_the_sample_event(tiktok: Emulator, stack: Stack) -> None:
+    event = json.loads(SAMPLE_EVENT.read_text())
+    assert invoke(event) == []
+    requests = tiktok.accepted_requests()
+    assert [(r["event_source"], r["event_source_id"], len(r["data"])) for r in requests] == [
+        ("web", "PIXEL123", 2),
+        ("offline", "EVENTSET123", 1),
+    ]
+    assert [json.loads(record["body"]) for record in event["Records"]] == [
+        e for r in requests for e in r["data"]
+    ]
+    assert dead_letters(stack) == []
+
+
+def test_groups_by_route_with_at_most_1000_events_per_request(tiktok: Emulator) -> None:
+    test_route = Route("web", test_event_code="TEST123")
+    events = [mapped(n) for n in range(2300)] + [mapped(n, OFFLINE) for n in range(5)]
+    events += [mapped(n, test_route, event_id=f"msg-test-{n}") for n in range(3)]
+    events.insert(1500, mapped(9999, OFFLINE))  # interleaved routes are still grouped
+    assert invoke(sqs_event(events)) == []
+    shape = [
+        (r["event_source"], r.get("test_event_code"), len(r["data"])) for r in tiktok.accepted_requests()
+    ]
+    web = [("web", None, 1000), ("web", None, 1000), ("web", None, 300)]
+    assert shape == [*web, ("offline", None, 6), ("web", "TEST123", 3)]
+    assert all("test_event_code" not in e for r in tiktok.accepted_requests() for e in r["data"])
+    assert len(tiktok.delivered_keys()) == len(events)
+
+
+def test_a_poison_event_is_isolated_and_dead_lettered(
+    tiktok: Emulator, stack: Stack, output: Callable[[], str]
+) -> None:
+    tiktok.set_faults(poison_marker="POISON")
+    events = [mapped(n) for n in range(1000)]
+    events[637] = mapped(637, description="POISON")
+    event = sqs_event(events)
+    assert invoke(event) == []
+    assert tiktok.request_count <= 25
+    assert len(tiktok.delivered_keys()) == 999
+    [letter] = dead_letters(stack)
+    assert letter["Body"] == event["Records"][637]["body"]
+    attrs = attributes(letter)
+    assert attrs["event_source"] == "web"
+    assert attrs["source_id_key"] == "pixel_code"
+    assert attrs["tiktok_code"] == "40002"
+    assert "poisoned" in attrs["tiktok_message"]
+    assert attrs["dlq_reason"] == "rejected by TikTok with code 40002"
+    metrics = emf_metrics(output())
+    assert metrics["EventsReceived"] == [1000]
+    assert metrics["EventsDelivered"] == [999]
+    assert metrics["EventsDeadLettered"] == [1]
+    assert metrics["EventsRetried"] == [0]
+    assert metrics["TikTokRequests"] == [tiktok.request_count]
+    assert metrics["EventsPerRequest"][:3] == [1000, 500, 500]
+
+
+def test_throttling_keeps_the_records_and_never_dead_letters(tiktok: Emulator, stack: Stack) -> None:
+    tiktok.set_faults(throttle=1)
+    events = [mapped(n) for n in range(3)] + [mapped(n, OFFLINE) for n in range(2)]
+    assert invoke(sqs_event(events)) == ["m0", "m1", "m2"]  # the web request was throttled, offline delivered
+    tiktok.set_faults(throttle=1000)
+    with pytest.raises(BatchProcessingError):  # a wholly failed batch fails the invocation: Lambda backs off
+        invoke(sqs_event(events))
+    assert dead_letters(stack) == []
+    assert {key[2] for key in tiktok.delivered_keys()} == {"msg-offline-00000", "msg-offline-00001"}
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [{"http_errors": 1, "http_status": 503}, {"http_errors": 1, "http_status": 429}, {"drop": 1}],
+)
+def test_transport_failures_keep_the_records(tiktok: Emulator, stack: Stack, faults: dict[str, Any]) -> None:
+    tiktok.set_faults(**faults)
+    event = sqs_event([mapped(n) for n in range(3)])
+    assert process(event) == {"m0", "m1", "m2"}
+    assert process(event) == set()  # redelivered by SQS later: now delivered
+    assert dead_letters(stack) == []
+
+
+def test_unreachable_tiktok_keeps_the_records(stack: Stack) -> None:
+    assert process(sqs_event([mapped(0), mapped(1, OFFLINE)])) == {"m0", "m1"}
+    assert dead_letters(stack) == []
+
+
+def test_timeout_keeps_the_records(tiktok: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIKTOK_TIMEOUT_S", "1")
+    tiktok.set_faults(delay_s=30)
+    assert process(sqs_event([mapped(0)])) == {"m0"}
+
+
+def test_auth_error_refreshes_the_secret_once_and_delivers(
+    tiktok: Emulator, stack: Stack, bridge_secret: dict[str, str]
+) -> None:
+    stack.put_secret({**bridge_secret, "access_token": "revoked-token"})
+    assert fetch_secret(stack.secret_id).access_token.get_secret_value() == "revoked-token"  # now cached
+    secrets = boto3.client("secretsmanager", region_name=stack.region)
+    secrets.put_secret_value(SecretId=stack.secret_id, SecretString=json.dumps(bridge_secret))  # rotated
+    assert process(sqs_event([mapped(n) for n in range(3)])) == set()
+    assert tiktok.request_count == 2  # 40105 with the cached token, then delivered with the fresh one
+    assert len(tiktok.delivered_keys()) == 3
+
+
+def test_persistent_auth_error_keeps_the_records(
+    tiktok: Emulator, stack: Stack, bridge_secret: dict[str, str]
+) -> None:
+    stack.put_secret({**bridge_secret, "access_token": "revoked-token"})
+    event = sqs_event([mapped(0), mapped(1), mapped(0, OFFLINE)])
+    assert process(event) == {"m0", "m1", "m2"}
+    assert (
+        tiktok.request_count == 3
+    )  # web: refused, refreshed, refused again; offline: refused (no 2nd refresh)
+    assert dead_letters(stack) == []
+    with pytest.raises(BatchProcessingError):
+        invoke(event)
+
+
+def test_unauthorised_source_id_is_an_auth_error(
+    tiktok: Emulator, stack: Stack, bridge_secret: dict[str, str]
+) -> None:
+    stack.put_secret({**bridge_secret, "pixel_code": "SOMEONE_ELSES_PIXEL"})  # TikTok answers 40001
+    assert invoke(sqs_event([mapped(0), mapped(0, OFFLINE)])) == ["m0"]
+    assert dead_letters(stack) == []
+
+
+def test_missing_source_id_keeps_the_records_without_a_request(
+    tiktok: Emulator, stack: Stack, bridge_secret: dict[str, str]
+) -> None:
+    stack.put_secret({**bridge_secret, "event_set_id": ""})
+    assert invoke(sqs_event([mapped(0), mapped(0, OFFLINE), mapped(1, OFFLINE)])) == ["m1", "m2"]
+    assert [r["event_source"] for r in tiktok.accepted_requests()] == ["web"]
+    assert tiktok.request_count == 1
+
+
+def test_unreadable_secret_keeps_the_records(tiktok: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_ID", "no-such-secret")
+    assert process(sqs_event([mapped(0), mapped(0, OFFLINE)])) == {"m0", "m1"}
+    assert tiktok.request_count == 0
+
+
+def corrupt_records() -> dict[str, dict[str, Any]]:
+    """Records no ingest could have written, by the reason the sender gives for each."""
+    good = queue.encode(mapped(0), "x")
+    body, attrs = good["MessageBody"], good["MessageAttributes"]
+    offline = {"DataType": "String", "StringValue": "offline"}
+    tv = {**offline, "StringValue": "tv"}
+    return {
+        "message body is not JSON": lambda_record("bad-json", "{not json", attrs),
+        "message body is not a JSON object": lambda_record("bad-array", "[1, 2]", attrs),
+        "message attribute 'event_source' is missing": lambda_record("no-attributes", body, {}),
+        "message attribute 'event_source' must be one of web, offline": lambda_record(
+            "bad-source", body, {**attrs, "event_source": tv}
+        ),
+        "message attribute 'source_id_key' must be 'event_set_id' for offline": lambda_record(
+            "mismatched-key", body, {**attrs, "event_source": offline}
+        ),
+    }
+
+
+def test_corrupt_records_are_dead_lettered_with_the_reason(tiktok: Emulator, stack: Stack) -> None:
+    corrupt = corrupt_records()
+    event = sqs_event([mapped(1)])
+    event["Records"] += corrupt.values()
+    assert invoke(event) == []
+    assert len(tiktok.delivered_keys()) == 1
+    letters = {attributes(letter)["dlq_reason"]: letter for letter in dead_letters(stack)}
+    assert letters.keys() == {f"corrupt record: {reason}" for reason in corrupt}
+    for reason, record in corrupt.items():
+        letter = letters[f"corrupt record: {reason}"]
+        assert letter["Body"] == record["body"]
+        original = {name: a["stringValue"] for name, a in record["messageAttributes"].items()}
+        assert attributes(letter) == {**original, "dlq_reason": f"corrupt record: {reason}"}
+
+
+@pytest.mark.parametrize("dlq_url", ["", "https://sqs.us-east-1.amazonaws.com/123456789012/missing-queue"])
+def test_an_unavailable_dlq_keeps_the_dead_letters_queued(
+    tiktok: Emulator, monkeypatch: pytest.MonkeyPatch, dlq_url: str
+) -> None:
+    monkeypatch.setenv("DLQ_URL", dlq_url)
+    tiktok.set_faults(poison_marker="POISON")
+    event = sqs_event([mapped(0), mapped(1, description="POISON"), mapped(2)])
+    event["Records"].append(corrupt_records()["message body is not JSON"])
+    assert invoke(event) == ["m1", "bad-json"]
+    assert len(tiktok.delivered_keys()) == 2
+
+
+def test_logs_and_metrics_carry_no_event_data(
+    tiktok: Emulator, stack: Stack, bridge_secret: dict[str, str], output: Callable[[], str]
+) -> None:
+    def leaves(value: Any) -> Iterator[str]:
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from leaves(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from leaves(item)
+        else:
+            yield json.dumps(value).strip('"')
+
+    events = [mapped(n, route) for n in range(4) for route in (WEB, OFFLINE)]
+    event = sqs_event(events)
+    event["Records"] += corrupt_records().values()
+    tiktok.set_faults(throttle=1)  # web throttled; offline delivered; corrupt dead-lettered
+    invoke(event)
+    stack.put_secret({**bridge_secret, "access_token": "revoked-token"})
+    with pytest.raises(BatchProcessingError):
+        invoke(sqs_event(events))
+    tiktok.set_faults(http_errors=1)
+    with pytest.raises(BatchProcessingError):
+        invoke(sqs_event(events))
+
+    logged = output()
+    assert "batch processed" in logged and "40105" in logged and "40100" in logged
+    data_values = {leaf for e in events for leaf in leaves(e.data) if len(leaf) > 4} - {"Purchase"}
+    data_values |= {RAW_EMAIL, RAW_PHONE, RAW_NAME, "revoked-token", bridge_secret["access_token"]}
+    assert [value for value in data_values if value in logged] == []
+
+
+def test_poison_logs_carry_no_user_data(tiktok: Emulator, stack: Stack, output: Callable[[], str]) -> None:
+    tiktok.set_faults(poison_marker="POISON")
+    events = [mapped(n, description="POISON" if n == 5 else "fine") for n in range(8)]
+    invoke(sqs_event(events))
+    logged = output()
+    assert "40002" in logged and "dead-lettered" in logged
+    user_values = {value for e in events for value in e.data["user"].values()} | {
+        e.data["page"]["url"] for e in events
+    }
+    assert [value for value in user_values if value in logged] == []
