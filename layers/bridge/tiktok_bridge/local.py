@@ -758,7 +758,8 @@ class LocalStack:
 
     def _start(self) -> None:
         try:
-            load_config(self.config_text) if self.config_text.strip() else None
+            if self.config_text.strip():
+                load_config(self.config_text)
         except ConfigError as exc:
             raise LocalStackError(f"mapping config: {exc}") from None
         moto = listen(
@@ -848,8 +849,7 @@ class LocalStack:
     def queue_depth(self) -> dict[str, int]:
         """The queue's visible, in-flight and delayed message counts, and the DLQ's message count."""
         sqs = self.stack.client("sqs")
-        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-        queue = sqs.get_queue_attributes(QueueUrl=self.stack.queue_url, AttributeNames=[*names, "All"])
+        queue = sqs.get_queue_attributes(QueueUrl=self.stack.queue_url, AttributeNames=["All"])
         dlq = sqs.get_queue_attributes(QueueUrl=self.stack.dlq_url, AttributeNames=["All"])
         counts = {k: int(v) for k, v in queue["Attributes"].items() if k.startswith("ApproximateNumber")}
         return {
