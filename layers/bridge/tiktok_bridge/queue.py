@@ -130,7 +130,7 @@ def send_all(
     max_attempts: int = MAX_ATTEMPTS,
     backoff_s: float = BACKOFF_S,
 ) -> SendReport:
-    """Enqueue `events` with parallel SendMessageBatch calls, retrying failed entries (`max_attempts` in all)."""
+    """Enqueue `events` in parallel SendMessageBatch calls, retrying failures (`max_attempts` in all)."""
     report = SendReport()
     by_id: dict[str, MappedEvent] = {}
     pending: list[dict[str, Any]] = []

@@ -1,0 +1,129 @@
+"""Ingest Lambda (SPEC §2): authenticate Segment's POST, map and hash its events, enqueue them for the sender.
+
+Answers 200 `{accepted, rejected: [{messageId, reason}], skipped}`, 400 for a body that holds no events, 401,
+413 over `MAX_BODY_BYTES`, and 503 only when events could not be durably enqueued (Segment then retries;
+a retried event keeps its `event_id`, which TikTok deduplicates). Never logs a body or a header value.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from tiktok_bridge import auth, queue, segment
+from tiktok_bridge.config import BridgeConfig, load_config
+from tiktok_bridge.mapping import map_events
+from tiktok_bridge.model import MappingResult, Outcome
+from tiktok_bridge.secret import SecretError, fetch_secret
+from tiktok_bridge.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+ROUTE = "/v1/events"
+UNAUTHORIZED = "invalid or missing signature/token"
+TOO_LARGE_FOR_QUEUE = f"mapped event exceeds the queue's {queue.MAX_BATCH_BYTES}-byte message limit"
+
+logger = Logger()
+metrics = Metrics(namespace="TikTokBridge")
+app = APIGatewayHttpResolver()
+Answer = tuple[dict[str, Any], int]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    config: BridgeConfig
+    sqs: SQSClient
+
+
+@functools.cache
+def runtime() -> Runtime:
+    """Settings, mapping config and SQS client, made once per Lambda instance (`cache_clear()` resets)."""
+    settings = Settings.from_env()
+    config = load_config(settings.config_text) if settings.config_text.strip() else BridgeConfig()
+    return Runtime(settings, config, boto3.client("sqs"))
+
+
+def error(status: int, message: str) -> Answer:
+    metrics.add_metric(name=f"Http{status}", unit=MetricUnit.Count, value=1)
+    return {"error": message}, status
+
+
+def request_body(body: str | None, is_base64: bool) -> bytes:
+    """The raw request bytes; ValueError when API Gateway's base64 is invalid."""
+    if is_base64:
+        return base64.b64decode(body or "", validate=True)
+    # Lone surrogates survive as bytes that are not UTF-8, so the body parser refuses them with a 400.
+    return (body or "").encode("utf-8", "surrogatepass")
+
+
+def answer(received: int, result: MappingResult, report: queue.SendReport) -> Answer:
+    """The response; `accepted` counts events (by `event_id`) whose every mapped copy was enqueued."""
+    oversized = {mapped.event_id for mapped in report.oversized}
+    not_enqueued = list(dict.fromkeys(m.event_id for m in report.failed if m.event_id not in oversized))
+    rejected = [*result.rejected, *(Outcome(event_id, TOO_LARGE_FOR_QUEUE) for event_id in oversized)]
+    accepted = len({mapped.event_id for mapped in result.forwarded} - oversized - set(not_enqueued))
+    counts = {
+        "Received": received,
+        "Accepted": accepted,
+        "Rejected": len(rejected),
+        "Skipped": len(result.skipped),
+        "NotEnqueued": len(not_enqueued),
+    }
+    for name, value in counts.items():
+        metrics.add_metric(name=f"Events{name}", unit=MetricUnit.Count, value=value)
+    logger.info("ingested", extra={"events": counts})
+    body: dict[str, Any] = {
+        "accepted": accepted,
+        "rejected": [{"messageId": outcome.message_id, "reason": outcome.reason} for outcome in rejected],
+        "skipped": len(result.skipped),
+    }
+    if not not_enqueued:
+        return body, 200
+    logger.error("events could not be enqueued; answering 503 for a retry", extra={"ids": not_enqueued})
+    return {"error": "some events could not be enqueued; retry", "not_enqueued": not_enqueued, **body}, 503
+
+
+@app.post(ROUTE)
+def receive() -> Answer:
+    """Authenticate, parse, map and enqueue one Segment request."""
+    settings, event = runtime().settings, app.current_event
+    try:
+        raw = request_body(event.body, bool(event.is_base64_encoded))
+    except ValueError:
+        return error(400, "body is marked base64 but is not valid base64")
+    if len(raw) > settings.max_body_bytes:
+        return error(413, f"body is {len(raw)} bytes; the limit is {settings.max_body_bytes}")
+    try:
+        secret = fetch_secret(settings.secret_id)
+    except SecretError as exc:
+        logger.error("cannot read the bridge secret", extra={"reason": str(exc)})
+        return error(503, "authentication is temporarily unavailable; retry")
+    accept_first = settings.accept_first_element_signature
+    if not auth.authenticate(raw, event.headers, secret, accept_first_element=accept_first):
+        logger.warning("request refused: " + UNAUTHORIZED)
+        return error(401, UNAUTHORIZED)
+    try:
+        events = segment.parse_body(raw)
+    except segment.BodyError as exc:
+        return error(400, str(exc))
+    result = map_events(events, runtime().config)
+    return answer(len(events), result, queue.send_all(runtime().sqs, settings.queue_url, result.forwarded))
+
+
+# log_event=False always: the event holds raw PII, whatever POWERTOOLS_LOGGER_LOG_EVENT says.
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """API Gateway HTTP API (payload 2.0) event -> response."""
+    return app.resolve(event, context)
