@@ -16,6 +16,7 @@ import boto3
 import pytest
 from tiktok_bridge import ingest, queue
 from tiktok_bridge.auth import signature
+from tiktok_bridge.config import ConfigError
 from tiktok_bridge.model import MappedEvent
 from tiktok_bridge.stack import Stack
 
@@ -378,3 +379,17 @@ def test_sample_event_files_are_generated_from_the_segment_payloads() -> None:
         assert (EVENTS_DIR / name).read_text() == render(event), (
             f"{name} is stale: run events/make_apigw_events.py"
         )
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/events"), ("POST", "/v1/other"), ("PUT", "/")])
+def test_other_routes_are_not_found(bridge: Stack, method: str, path: str) -> None:
+    event = apigw_event(b"{}", {})
+    event.update(rawPath=path, routeKey=f"{method} {path}")
+    event["requestContext"]["http"].update(method=method, path=path)
+    assert invoke(event)[0] == 404
+
+
+def test_a_bad_mapping_config_fails_loudly(bridge: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_CONFIG", '{"no_such_setting": true}')
+    with pytest.raises(ConfigError, match="no_such_setting"):
+        post(json.dumps(track(1)))
