@@ -18,7 +18,10 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiktok-bridge",
-        description="Segment -> TikTok Events API 2.0 bridge: preview mappings, run the emulator or the local stack.",
+        description=(
+            "Segment -> TikTok Events API 2.0 bridge: preview mappings, run the TikTok emulator, "
+            "the local stack (serve), or the whole pipeline on the samples (demo)."
+        ),
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -84,7 +84,8 @@ def request_bodies(events: Iterable[MappedEvent], source_ids: Mapping[str, str])
     """
     bodies = []
     groups = group_by_route(events, lambda e: e.route)
-    for route, group in sorted(groups.items(), key=lambda kv: (kv[0].event_source, kv[0].test_event_code or "")):
+    for route in sorted(groups, key=lambda r: (r.event_source, r.test_event_code or "")):
+        group = groups[route]
         for chunk in chunked(group):
             bodies.append(request_body(route, source_ids[route.source_id_key], [e.data for e in chunk]))
     return bodies
