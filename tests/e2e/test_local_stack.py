@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +19,11 @@ import pytest
 from tiktok_bridge.auth import signature
 from tiktok_bridge.local import LocalStack
 
+from tests.e2e.conftest import CLI, serve
+
 pytestmark = pytest.mark.e2e
 
 SAMPLES = Path(__file__).resolve().parents[2] / "events" / "segment"
-CLI = [str(Path(sys.executable).parent / "tiktok-bridge")]
 ORDER = json.loads((SAMPLES / "order-completed.json").read_text(encoding="utf-8"))
 RAW_PII = [
     "Jane.Doe@Example.com",
@@ -163,16 +163,8 @@ def alive(pid: int) -> bool:
 
 
 def test_serve_prints_its_urls_accepts_a_signed_event_and_stops_cleanly_on_sigint() -> None:
-    process = subprocess.Popen(
-        [*CLI, "serve", "--port", "0", "--webhook-secret", "s3cret"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        lines = [process.stdout.readline() for _ in range(4)]
-        urls = dict(re.findall(r"^(\w[\w ]*):\s+(?:POST )?(\S+)", "".join(lines), re.MULTILINE))
+    with serve("--webhook-secret", "s3cret") as served:
+        process, urls = served.process, served.urls
         assert urls["webhook secret"] == "s3cret"
         assert urls["tiktok"].startswith("http://127.0.0.1:")
         children = children_of(process.pid)
@@ -182,11 +174,9 @@ def test_serve_prints_its_urls_accepts_a_signed_event_and_stops_cleanly_on_sigin
         assert (answer.status_code, answer.json()["accepted"]) == (200, 1)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
+        assert process.stdout is not None
         assert "stopped" in process.stdout.read()
         assert not [pid for pid in children if alive(pid)]
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_serve_refuses_a_taken_port_clearly() -> None:
