@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path as FilePath
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tiktok_bridge.segment import BodyError, EventError, Path, parse_body, parse_event, query_parameter
 
 EVENTS_DIR = FilePath(__file__).resolve().parents[2] / "events" / "segment"
@@ -126,3 +129,44 @@ def test_malformed_paths_are_refused(text: str) -> None:
 @pytest.mark.parametrize("url", ["http://[::1", 42, None, "https://x.example/?other=1"])
 def test_query_parameter_of_malformed_or_missing_urls_is_none(url: object) -> None:
     assert query_parameter(url, "ttclid") is None
+
+
+def parse_qs_reference(url: str, name: str) -> str | None:
+    """What `query_parameter` computes, the slow way: the standard library's full query parser."""
+    if name not in url:
+        return None
+    try:
+        values = parse_qs(urlsplit(url).query).get(name)
+    except ValueError:
+        return None
+    return values[0] if values else None
+
+
+QUERY_PARTS = st.sampled_from(
+    [
+        "ttclid",
+        "ttclid=",
+        "=x",
+        "ttclid=a",
+        "tt%63lid=b",
+        "ttclid=%20x+y",
+        "&",
+        "a=b",
+        "ttclid+=c",
+        "ttclid=d=e",
+        ";ttclid=f",
+        "#ttclid=g",
+        "?",
+        "ttclid=%zz",
+        "tt+clid=i",
+        "ttclid==j",
+        "[",
+        "%E2%82%AC",
+    ]
+)
+
+
+@given(st.lists(QUERY_PARTS, max_size=6), st.sampled_from(["https://x.example/p?", "https://[x/?", "?", ""]))
+def test_query_parameter_matches_parse_qs(parts: list[str], prefix: str) -> None:
+    url = prefix + "".join(parts)
+    assert query_parameter(url, "ttclid") == parse_qs_reference(url, "ttclid")

@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing_extensions import TypedDict
 
 EventType = Literal["track", "page", "screen", "identify", "alias", "group"]
 FORWARDABLE_TYPES: frozenset[str] = frozenset({"track", "page", "screen"})
@@ -54,23 +55,31 @@ def _reject_constant(name: str) -> None:
     raise json.JSONDecodeError(f"{name} is not a JSON value", name, 0)
 
 
+_LENIENT = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+
 class _Lenient(BaseModel):
     """Unknown fields are ignored; the fields the bridge uses are type-checked."""
 
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+    model_config = _LENIENT
 
 
-class PageContext(_Lenient):
-    url: str | None = None
-    referrer: str | None = None
+# Nested objects are TypedDicts: type-checked like models, but validated about twice as fast (no model instances).
+class PageContext(TypedDict, total=False):
+    __pydantic_config__ = _LENIENT  # type: ignore[misc]
+
+    url: str | None
+    referrer: str | None
 
 
-class Context(_Lenient):
-    ip: str | None = None
-    userAgent: str | None = None
-    locale: str | None = None
-    page: PageContext | None = None
-    traits: dict[str, Any] | None = None
+class Context(TypedDict, total=False):
+    __pydantic_config__ = _LENIENT  # type: ignore[misc]
+
+    ip: str | None
+    userAgent: str | None
+    locale: str | None
+    page: PageContext | None
+    traits: dict[str, Any] | None
 
 
 class SegmentEvent(_Lenient):
@@ -156,7 +165,13 @@ def query_parameter(url: object, name: str) -> str | None:
     if not isinstance(url, str) or name not in url:
         return None
     try:
-        values = parse_qs(urlsplit(url).query).get(name)
+        query = urlsplit(url).query
     except ValueError:
         return None
-    return values[0] if values else None
+    # `parse_qs(query)[name][0]` without decoding every other parameter: `&`-separated `key=value` pairs with
+    # an empty value skipped, `+` as a space, %-escapes decoded, the first match wins.
+    for pair in query.split("&"):
+        key, equals, value = pair.partition("=")
+        if equals and value and unquote(key.replace("+", " ")) == name:
+            return unquote(value.replace("+", " "))
+    return None
