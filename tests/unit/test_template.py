@@ -160,6 +160,7 @@ def test_roles_grant_only_what_each_function_needs(cfn: dict[str, Any]) -> None:
     read_secret = (["secretsmanager:GetSecretValue"], SECRET_ARN)
     assert statements(cfn, "IngestFunctionRole") == [
         (["sqs:SendMessage*"], queue_arn("EventsQueue")),
+        (["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"], {"Fn::GetAtt": ["ProfilesTable", "Arn"]}),
         read_secret,
     ]
     assert statements(cfn, "SenderFunctionRole") == [
@@ -170,6 +171,16 @@ def test_roles_grant_only_what_each_function_needs(cfn: dict[str, Any]) -> None:
     poller = "arn:aws:iam::aws:policy/service-role/AWSLambdaSQSQueueExecutionRole"  # added by SAM's SQS event
     assert props(cfn, "IngestFunctionRole")["ManagedPolicyArns"] == [basic]
     assert props(cfn, "SenderFunctionRole")["ManagedPolicyArns"] == [basic, poller]
+
+
+def test_profiles_table_is_on_demand_encrypted_with_a_ttl(cfn: dict[str, Any]) -> None:
+    table = props(cfn, "ProfilesTable")
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["SSESpecification"] == {"SSEEnabled": True}
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert "PointInTimeRecoverySpecification" not in table  # `forget` must erase for good
+    variables = props(cfn, "IngestFunction")["Environment"]["Variables"]
+    assert variables["PROFILES_TABLE"] == {"Ref": "ProfilesTable"}
 
 
 def test_http_api_routes_post_v1_events_to_ingest(cfn: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path as FilePath
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import phonenumbers
 import yaml
@@ -143,6 +143,24 @@ DEFAULT_SOURCES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Match keys a user profile keeps (docs/identity.md): hashed as TikTok takes them; city/state/country and
+# click ids plain.
+IdentityField = Literal[
+    "email",
+    "phone",
+    "external_id",
+    "first_name",
+    "last_name",
+    "zip_code",
+    "city",
+    "state",
+    "country",
+    "ttclid",
+    "ttp",
+]
+IDENTITY_FIELDS: tuple[IdentityField, ...] = get_args(IdentityField)
+
+
 class ConfigError(ValueError):
     """The mapping configuration is unusable; the message names the key, never its value."""
 
@@ -227,6 +245,30 @@ class Destination(_Strict):
     test_event_code: str | None = Field(default=None, min_length=1, max_length=100)
 
 
+class Identity(_Strict):
+    """Server-side Identify: per-user profiles of match keys that enrich later events (docs/identity.md)."""
+
+    enabled: bool = True
+    enrich: list[IdentityField] = list(IDENTITY_FIELDS)
+    click_id_ttl_days: int = Field(default=7, ge=1, le=90)
+    profile_ttl_days: int = Field(default=400, ge=1, le=3650)
+
+
+class Consent(_Strict):
+    """Segment consent (`context.consent.categoryPreferences`): every listed category must be granted.
+
+    Empty (the default) = consent is not required."""
+
+    required_categories: list[str] = []
+
+    @field_validator("required_categories")
+    @classmethod
+    def _named(cls, value: list[str]) -> list[str]:
+        if not all(category.strip() for category in value):
+            raise ValueError("a consent category is a non-empty name, e.g. Advertising")
+        return value
+
+
 @dataclass(frozen=True)
 class CompiledCondition:
     path: Path
@@ -284,6 +326,8 @@ class BridgeConfig(_Strict):
     include_presets: bool = True
     triggers: dict[str, Trigger] = {}
     fields: dict[str, list[str]] = {}
+    identity: Identity = Identity()
+    consent: Consent = Consent()
 
     @model_validator(mode="before")
     @classmethod

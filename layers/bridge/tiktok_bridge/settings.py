@@ -49,6 +49,7 @@ class Settings:
     tiktok_timeout_s: int = 10
     max_body_bytes: int = 5_000_000
     accept_first_element_signature: bool = True
+    profiles_table: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -63,4 +64,5 @@ class Settings:
             # API Gateway HTTP API caps bodies at 10 MB and a synchronous Lambda payload at 6 MB.
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 5_000_000, 1_024, 6_000_000),
             accept_first_element_signature=_bool(env, "ACCEPT_FIRST_ELEMENT_SIGNATURE", True),
+            profiles_table=env.get("PROFILES_TABLE", ""),
         )

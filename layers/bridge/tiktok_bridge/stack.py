@@ -1,7 +1,9 @@
-"""template.yaml -> the same SQS queues and Secrets Manager secret, created through boto3 (moto locally).
+"""template.yaml -> the same SQS queues, DynamoDB tables and Secrets Manager secret, created through boto3
+(moto locally).
 
-Only what a local run needs is created (queues and secrets); any other resource resolves to a placeholder, so
-`!Ref`/`!GetAtt` in function environments still yield strings. Every value is read from the template.
+Only what a local run needs is created (queues, tables and secrets); any other resource resolves to a
+placeholder, so `!Ref`/`!GetAtt` in function environments still yield strings. Every value is read from the
+template.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import boto3
 import yaml
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sqs import SQSClient
 
@@ -46,6 +49,18 @@ _QUEUE_ATTRIBUTES = frozenset(
         "RedrivePolicy",
         "SqsManagedSseEnabled",
         "VisibilityTimeout",
+    }
+)
+# AWS::DynamoDB::Table properties a local table supports.
+_TABLE_PROPERTIES = frozenset(
+    {
+        "AttributeDefinitions",
+        "BillingMode",
+        "KeySchema",
+        "SSESpecification",
+        "TableName",
+        "Tags",
+        "TimeToLiveSpecification",
     }
 )
 _NO_VALUE = object()  # AWS::NoValue: the enclosing key or list item disappears
@@ -119,7 +134,7 @@ class Stack:
     resources: dict[str, dict[str, str]] = field(default_factory=dict)
     session: boto3.session.Session | None = field(default=None, repr=False, compare=False)
 
-    def client(self, service: Literal["sqs", "secretsmanager"]) -> Any:
+    def client(self, service: Literal["sqs", "secretsmanager", "dynamodb"]) -> Any:
         """A boto3 client for `service` where the resources live (moto under mock_aws, or `endpoint_url`)."""
         return (self.session or boto3).client(
             service, region_name=self.region, endpoint_url=self.endpoint_url
@@ -162,7 +177,10 @@ def create_stack(
     clients = session or boto3
     sqs = clients.client("sqs", region_name=region, endpoint_url=endpoint_url)
     secrets_manager = clients.client("secretsmanager", region_name=region, endpoint_url=endpoint_url)
-    builder = _Builder(document, folder, region, dict(parameters or {}), stack_name, sqs, secrets_manager)
+    dynamodb = clients.client("dynamodb", region_name=region, endpoint_url=endpoint_url)
+    builder = _Builder(
+        document, folder, region, dict(parameters or {}), stack_name, sqs, secrets_manager, dynamodb
+    )
     for logical_id in builder.resources:
         builder.attributes(logical_id)  # creates every queue and secret, dependencies first
     queue = builder.resource_properties(QUEUE_ID, "AWS::SQS::Queue")
@@ -191,10 +209,12 @@ def create_stack(
 
 
 def delete_stack(stack: Stack) -> None:
-    """Delete what `create_stack` made (queues, secrets), e.g. to leave a shared moto server clean."""
+    """Delete what `create_stack` made (queues, tables, secrets), e.g. to leave a shared moto server clean."""
     for attributes in stack.resources.values():
         if "QueueUrl" in attributes:
             stack.client("sqs").delete_queue(QueueUrl=attributes["QueueUrl"])
+        elif "TableName" in attributes:
+            stack.client("dynamodb").delete_table(TableName=attributes["TableName"])
         else:
             stack.client("secretsmanager").delete_secret(
                 SecretId=attributes["Arn"], ForceDeleteWithoutRecovery=True
@@ -213,6 +233,7 @@ class _Builder:
         stack_name: str,
         sqs: SQSClient,
         secrets_manager: SecretsManagerClient,
+        dynamodb: DynamoDBClient,
     ) -> None:
         self.document = document
         self.resources: dict[str, Any] = document["Resources"]
@@ -221,10 +242,11 @@ class _Builder:
         self.parameters = self._parameters(parameters)
         self.created: dict[str, dict[str, str]] = {}
         self._creating: set[str] = set()
-        self._sqs, self._secrets = sqs, secrets_manager
+        self._sqs, self._secrets, self._dynamodb = sqs, secrets_manager, dynamodb
         self._creators: dict[str, Callable[[str, dict[str, Any]], dict[str, str]]] = {
             "AWS::SQS::Queue": self._create_queue,
             "AWS::SecretsManager::Secret": self._create_secret,
+            "AWS::DynamoDB::Table": self._create_table,
         }
 
     def _parameters(self, given: dict[str, str]) -> dict[str, Any]:
@@ -293,6 +315,31 @@ class _Builder:
         described = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
         arn = described["Attributes"]["QueueArn"]
         return {"Ref": url, "Arn": arn, "QueueUrl": url, "QueueName": name}
+
+    def _create_table(self, logical_id: str, properties: dict[str, Any]) -> dict[str, str]:
+        unknown = sorted(set(properties) - _TABLE_PROPERTIES)
+        if unknown:
+            raise TemplateError(f"{logical_id}: unsupported table properties {', '.join(unknown)}")
+        name = str(properties.get("TableName") or self._physical_name(logical_id))
+        sse = properties.get("SSESpecification") or {}
+        table = self._dynamodb.create_table(
+            TableName=name,
+            AttributeDefinitions=properties["AttributeDefinitions"],
+            KeySchema=properties["KeySchema"],
+            BillingMode=properties.get("BillingMode", "PAY_PER_REQUEST"),
+            SSESpecification={"Enabled": bool(sse.get("SSEEnabled", False))},
+            Tags=[{"Key": str(tag["Key"]), "Value": str(tag["Value"])} for tag in properties.get("Tags", [])],
+        )["TableDescription"]
+        ttl = properties.get("TimeToLiveSpecification")
+        if ttl:
+            self._dynamodb.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={
+                    "AttributeName": ttl["AttributeName"],
+                    "Enabled": bool(ttl["Enabled"]),
+                },
+            )
+        return {"Ref": name, "Arn": table["TableArn"], "TableName": name}
 
     def _create_secret(self, logical_id: str, properties: dict[str, Any]) -> dict[str, str]:
         generate = properties.get("GenerateSecretString")
