@@ -39,20 +39,6 @@ class LambdaContext:
     aws_request_id: str = "test-request"
 
 
-@pytest.fixture(autouse=True)
-def fresh_runtime() -> Iterator[None]:
-    ingest.runtime.cache_clear()
-    yield
-    ingest.runtime.cache_clear()
-
-
-@pytest.fixture
-def bridge(stack: Stack, bridge_secret: dict[str, str]) -> Stack:
-    """The stack with the demo webhook secret (the one the fixtures and samples are signed with)."""
-    stack.put_secret({**bridge_secret, "webhook_secret": DEMO_WEBHOOK_SECRET})
-    return stack
-
-
 def track(n: int, **properties: Any) -> dict[str, Any]:
     return {
         "type": "track",

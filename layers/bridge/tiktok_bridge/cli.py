@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "tiktok_bridge.emulator",
     "tiktok_bridge.local",
     "tiktok_bridge.demo",
+    "tiktok_bridge.forget",
 )
 
 

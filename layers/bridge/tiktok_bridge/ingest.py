@@ -19,10 +19,10 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from tiktok_bridge import auth, queue, segment
+from tiktok_bridge import auth, identity, queue, segment
 from tiktok_bridge.config import BridgeConfig, load_config
 from tiktok_bridge.mapping import map_events
-from tiktok_bridge.model import MappingResult, Outcome
+from tiktok_bridge.model import MappedEvent, MappingResult, Outcome
 from tiktok_bridge.secret import SecretError, fetch_secret
 from tiktok_bridge.settings import Settings
 
@@ -44,14 +44,18 @@ class Runtime:
     settings: Settings
     config: BridgeConfig
     sqs: SQSClient
+    profiles: identity.ProfileStore | None  # None: no PROFILES_TABLE, or identity disabled in the config
 
 
 @functools.cache
 def runtime() -> Runtime:
-    """Settings, mapping config and SQS client, made once per Lambda instance (`cache_clear()` resets)."""
+    """Settings, mapping config and AWS clients, made once per Lambda instance (`cache_clear()` resets)."""
     settings = Settings.from_env()
     config = load_config(settings.config_text) if settings.config_text.strip() else BridgeConfig()
-    return Runtime(settings, config, boto3.client("sqs"))
+    profiles = None
+    if settings.profiles_table and config.identity.enabled:
+        profiles = identity.ProfileStore(identity.client(), settings.profiles_table)
+    return Runtime(settings, config, boto3.client("sqs"), profiles)
 
 
 def error(status: int, message: str) -> Answer:
@@ -117,8 +121,34 @@ def receive() -> Answer:
         events = segment.parse_body(raw)
     except segment.BodyError as exc:
         return error(400, str(exc))
-    result = map_events(events, runtime().config)
+    config = runtime().config
+    consented, refused = identity.split_by_consent(events, config.consent.required_categories)
+    result = map_events(consented, config)
+    result.skipped.extend(refused)
+    result.forwarded = identified(consented, result.forwarded, config, len(refused))
     return answer(len(events), result, queue.send_all(runtime().sqs, settings.queue_url, result.forwarded))
+
+
+def identified(
+    events: list[object], forwarded: list[MappedEvent], config: BridgeConfig, no_consent: int
+) -> list[MappedEvent]:
+    """The forwarded events enriched from the request's profiles (docs/identity.md), with their metrics."""
+    report = identity.identify(events, forwarded, config, runtime().profiles)
+    if report.error is not None:
+        logger.warning("profiles unavailable; events go on without them", extra={"error": report.error})
+    counts = {
+        "EventsNoConsent": no_consent,
+        "EventsEnriched": report.enriched,
+        "ProfilesWritten": report.written,
+        "ProfileStoreErrors": int(report.error is not None),
+        "EventsForwarded": report.after["events"],
+    }
+    for stage, found in (("Before", report.before), ("After", report.after)):
+        for key in identity.COVERAGE_KEYS:
+            counts[f"MatchKey{key.title().replace('_', '')}{stage}"] = found[key]
+    for name, value in counts.items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    return report.forwarded
 
 
 # log_event=False always: the event holds raw PII, whatever POWERTOOLS_LOGGER_LOG_EVENT says.
