@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from tiktok_bridge.auth import signature
-from tiktok_bridge.local import LocalStack
+from tiktok_bridge.local import LOCAL_CREDENTIALS, LocalStack
 
 from tests.e2e.conftest import CLI, serve
 
@@ -141,6 +141,44 @@ def test_bad_requests_get_clear_answers_and_enqueue_nothing(
 def test_unknown_routes_get_api_gateway_404(local: LocalStack) -> None:
     response = httpx.get(local.ingest_url)
     assert (response.status_code, response.json()) == (404, {"message": "Not Found"})
+
+
+def test_identify_then_an_enriched_purchase_and_forget(fresh: LocalStack) -> None:
+    """Identify end to end: an ad click, an identify, a purchase carrying only the userId; then forget."""
+    user, anon = "e2e-user@example.com", "e2e-anon-9c1d"
+    page = {
+        "type": "page",
+        "messageId": "e2e-page-1",
+        "anonymousId": anon,
+        "context": {"page": {"url": "https://shop.example.com/?ttclid=E2E.click"}},
+    }
+    identify = {
+        "type": "identify",
+        "messageId": "e2e-identify-1",
+        "userId": user,
+        "anonymousId": anon,
+        "traits": {"email": "Jane.Doe@Example.com", "phone": "(415) 555-0134"},
+    }
+    buy = {"type": "track", "event": "Order Completed", "messageId": "e2e-buy-1", "userId": user}
+    for body in (page, identify, buy):
+        assert post(fresh, json.dumps(body).encode()).status_code == 200
+    fresh.wait_until_drained(30)
+    [purchase] = [event for event in delivered(fresh) if event["event_id"] == "e2e-buy-1"]
+    assert purchase["user"]["email"] == sha256("jane.doe@example.com")
+    assert purchase["user"]["phone"] == sha256("+14155550134")
+    assert purchase["user"]["ttclid"] == "E2E.click"
+
+    table = fresh.stack.resources["ProfilesTable"]["TableName"]
+    dynamodb = fresh.stack.client("dynamodb")
+    stored = json.dumps(dynamodb.scan(TableName=table)["Items"])
+    assert not [raw for raw in [user, anon, *RAW_PII] if raw in stored]
+    env = {**os.environ, **LOCAL_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
+    forget = [*CLI, "forget", "--user-id", user, "--table", table, "--endpoint-url", fresh.moto_url]
+    done = subprocess.run(forget, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "deleted 2 profile item(s)" in done.stdout
+    keys = {item["pk"]["S"] for item in dynamodb.scan(TableName=table)["Items"]}
+    assert not keys & {f"user#{sha256(user)}", f"anon#{sha256(anon)}"}
 
 
 # --- the CLIs as subprocesses ---
