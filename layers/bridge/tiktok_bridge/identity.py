@@ -30,7 +30,7 @@ from tiktok_bridge import normalize
 from tiktok_bridge.config import IDENTITY_FIELDS, BridgeConfig
 from tiktok_bridge.mapping import map_event
 from tiktok_bridge.model import MappedEvent, Outcome, chunked
-from tiktok_bridge.segment import EventError, SegmentEvent, parse_event
+from tiktok_bridge.segment import EventError, SegmentEvent, message_id_of, parse_event
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -117,7 +117,7 @@ def split_by_consent(
         if isinstance(raw, dict) and not (
             isinstance(granted, dict) and all(granted.get(c) is True for c in required)
         ):
-            refused.append(Outcome(str(raw.get("messageId", "")), NO_CONSENT))
+            refused.append(Outcome(message_id_of(raw), NO_CONSENT))
         else:
             kept.append(raw)  # non-objects go on to mapping, which rejects them with a reason
     return kept, refused
