@@ -33,6 +33,11 @@ build-check: $(STAMP)
 	PYTHON=$(abspath $(BIN)/python) $(SAM) build --template-file template.yaml
 	$(BIN)/python tools/check_build.py .aws-sam/build
 
+# Figures in bench/results.json and a table; a few minutes on 2 cores. Not part of `make test` (a cheap
+# --quick run is): timings need a quiet machine.
+bench: $(STAMP)
+	$(BIN)/python tools/bench.py
+
 unit: $(STAMP)
 	$(BIN)/pytest
 

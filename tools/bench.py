@@ -1,0 +1,636 @@
+"""`make bench`: mapping throughput against a floor, TikTok batching and end-to-end throughput through the
+local stack, handler cold start, and an AWS cost estimate, all measured in one run.
+
+Prints a table and writes `bench/results.json`. `--quick` is a seconds-long run for the test that keeps this
+script from rotting; its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from tiktok_bridge import segment
+from tiktok_bridge.auth import signature
+from tiktok_bridge.config import BridgeConfig
+from tiktok_bridge.local import LocalStack
+from tiktok_bridge.mapping import map_events
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.json"
+UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+CATEGORIES = ("Shoes", "Accessories", "Outdoor", "Kitchen")
+TOKEN = "bench-token"
+MAX_ATTEMPTS = 3  # per webhook, as Segment retries a 5xx
+
+# --- the workload -------------------------------------------------------------------------------------------
+
+
+def _phone(rng: random.Random, index: int) -> str:
+    """A distinct phone number per event, in the formats Segment sources send."""
+    area, line = 201 + index % 700, index % 10_000
+    return rng.choice(
+        (
+            f"+1{area}555{line:04d}",
+            f"({area}) 555-{line:04d}",
+            f"+1 {area}-555-{line:04d}",
+            f"+44 20 7946 {line:04d}",
+        )
+    )
+
+
+def _product(rng: random.Random, index: int) -> dict[str, Any]:
+    return {
+        "product_id": rng.choice((f"SKU-{index}", index)),
+        "sku": f"S{index}",
+        "name": f"Product {index}",
+        "category": rng.choice(CATEGORIES),
+        "brand": "Acme",
+        "price": round(rng.uniform(1, 200), 2),
+        "quantity": rng.randint(1, 3),
+    }
+
+
+def _event(rng: random.Random, index: int) -> dict[str, Any]:
+    """One Segment event of the mix: 30% page, 30% single-product, 25% multi-product, 15% identify.
+
+    Every event has its own user id, email and phone number, so that no cache flatters the figures.
+    """
+    email = f"User.{index}@Example{index % 13}.com"
+    traits = {"email": email, "phone": _phone(rng, index)}
+    event: dict[str, Any] = {
+        "messageId": f"bench-{index:08d}-{rng.getrandbits(32):08x}",
+        "timestamp": "2026-01-15T09:58:00.123Z",
+        "anonymousId": f"anon-{rng.getrandbits(48):012x}",
+        "userId": f"user-{index}",
+        "context": {
+            "ip": f"203.0.113.{index % 250}",
+            "userAgent": UA,
+            "locale": "en-US",
+            "page": {"url": f"https://shop.example.com/p/{index}?ttclid=E.C.P.{index}&utm_source=tiktok"},
+            "traits": traits,
+        },
+    }
+    kind = rng.random()
+    if kind < 0.30:
+        event.update(
+            type="page", name="Product Detail", properties={"url": f"https://shop.example.com/{index}"}
+        )
+    elif kind < 0.60:
+        event.update(
+            type="track",
+            event=rng.choice(("Product Viewed", "Product Added")),
+            properties={**_product(rng, index), "currency": "usd", "value": 10.5},
+        )
+    elif kind < 0.85:
+        products = [_product(rng, index * 10 + n) for n in range(rng.randint(1, 4))]
+        event.update(
+            type="track",
+            event=rng.choice(("Order Completed", "Checkout Started")),
+            properties={
+                "order_id": f"ORD-{index}",
+                "currency": "USD",
+                "revenue": 99.5,
+                "email": email.upper(),
+                "first_name": "Jane",
+                "last_name": f"Doe-{index}",
+                "address": {"city": "San Francisco", "state": "CA", "postal_code": "94107", "country": "US"},
+                "products": products,
+            },
+        )
+    else:
+        event.update(type="identify", traits={**traits, "first_name": "Jane", "last_name": f"Doe {index}"})
+    return event
+
+
+def workload(count: int, seed: int = 5) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [_event(rng, index) for index in range(count)]
+
+
+def _best(run: Callable[[], object], repeats: int) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# --- mapping against its floor ------------------------------------------------------------------------------
+
+
+def _identifiers(event: dict[str, Any]) -> list[str]:
+    """The raw strings the mapping hashes for `event`: email, phone, user id, names, zip (first present)."""
+    properties, traits = event.get("properties") or {}, event["context"]["traits"]
+    address = properties.get("address") or {}
+    values = (
+        properties.get("email") or traits.get("email"),
+        properties.get("phone") or traits.get("phone"),
+        event.get("userId") or event.get("anonymousId"),
+        properties.get("first_name"),
+        properties.get("last_name"),
+        address.get("postal_code"),
+    )
+    return [value for value in values if isinstance(value, str)]
+
+
+def bench_mapping(count: int, repeats: int) -> dict[str, float]:
+    """Events/s of body -> mapped JSON on one core, beside the floor: `json.loads` of the same body, SHA-256
+    of the same identifiers and `json.dumps` of the same output, best of `repeats` each."""
+    events = workload(count)
+    body, config = json.dumps(events).encode(), BridgeConfig()
+    outputs = [mapped.data for mapped in map_events(events, config).forwarded]
+    identifiers = [
+        v for event in events if event["type"] in segment.FORWARDABLE_TYPES for v in _identifiers(event)
+    ]
+
+    def mapping() -> list[str]:
+        result = map_events(segment.parse_body(body), config)
+        return [json.dumps(mapped.data, separators=(",", ":")) for mapped in result.forwarded]
+
+    def floor() -> list[str]:
+        json.loads(body)
+        for value in identifiers:
+            hashlib.sha256(value.encode()).hexdigest()
+        return [json.dumps(data, separators=(",", ":")) for data in outputs]
+
+    mapping_s, floor_s = math.inf, math.inf
+    for _ in range(repeats):  # interleaved, so that both see the same machine; one thread, so one core
+        mapping_s, floor_s = min(mapping_s, _best(mapping, 1)), min(floor_s, _best(floor, 1))
+    return {
+        "events": count,
+        "events_per_s": count / mapping_s,
+        "floor_events_per_s": count / floor_s,
+        "floor_ratio": floor_s / mapping_s,
+        "us_per_event": mapping_s / count * 1e6,
+        "floor_us_per_event": floor_s / count * 1e6,
+    }
+
+
+# --- cold start ---------------------------------------------------------------------------------------------
+
+_IMPORT = """\
+import importlib.abc, sys, time
+
+class LayerOnly(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {absent!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, LayerOnly())
+sys.path.insert(0, {folder!r})
+start = time.perf_counter()
+import {module}
+elapsed_ms = (time.perf_counter() - start) * 1000
+peak_kb = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(elapsed_ms, int(peak_kb) / 1024)
+"""
+_LAMBDA_ENV = {
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "POWERTOOLS_SERVICE_NAME": "tiktok-bridge",
+    "POWERTOOLS_METRICS_NAMESPACE": "TikTokBridge",
+}
+
+
+def not_in_layer() -> set[str]:
+    """Top-level modules installed here but absent from the Lambda layer, which holds only the runtime
+    dependencies of pyproject.toml and theirs (no extras): e.g. httpx's optional CLI (rich, pygments), which
+    httpx imports whenever it is installed."""
+    wanted = [
+        Requirement(r).name
+        for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ]
+    closure: set[str] = set()
+    while wanted:
+        name = canonicalize_name(wanted.pop())
+        if name in closure:
+            continue
+        closure.add(name)
+        for text in metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                wanted.append(requirement.name)
+    return {
+        module
+        for module, dists in metadata.packages_distributions().items()
+        if not any(canonicalize_name(dist) in closure for dist in dists)
+    } - {"tiktok_bridge"}
+
+
+def _import(module: str, folder: str, absent: set[str]) -> tuple[float, float]:
+    """(ms to import `module` in a fresh interpreter, its peak RSS in MB), as Lambda imports a handler, with
+    the modules in `absent` unavailable."""
+    code = _IMPORT.format(folder=str(ROOT / folder), module=module, absent=sorted(absent))
+    env = {**os.environ, **_LAMBDA_ENV}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    ms, rss = done.stdout.split()
+    return float(ms), float(rss)
+
+
+def bench_cold_start(repeats: int) -> dict[str, float]:
+    """Best of `repeats` fresh interpreters each: bare boto3, the ingest handler, the sender handler."""
+    targets = {
+        "boto3": ("boto3", ""),
+        "ingest": ("app", "functions/ingest"),
+        "sender": ("app", "functions/sender"),
+    }
+    best: dict[str, tuple[float, float]] = {name: (math.inf, math.inf) for name in targets}
+    absent = not_in_layer()
+    for _ in range(repeats):  # interleaved, so that a busy moment hurts all three alike
+        for name, (module, folder) in targets.items():
+            ms, rss = _import(module, folder, absent)
+            best[name] = (min(best[name][0], ms), min(best[name][1], rss))
+    result = {f"{name}_ms": ms for name, (ms, _) in best.items()}
+    result |= {f"{name}_import_rss_mb": rss for name, (_, rss) in best.items()}
+    for name in ("ingest", "sender"):
+        result[f"{name}_over_boto3_ms"] = result[f"{name}_ms"] - result["boto3_ms"]
+    return result
+
+
+# --- moto's SQS at a backlog ------------------------------------------------------------------------------
+
+COUNT_TTL_S = 0.25
+
+
+@contextmanager
+def moto_sqs_speedups() -> Iterator[None]:
+    """For the bench only: make moto's SQS bearable with a 1,000-message backlog.
+
+    moto 5 rebuilds every queue attribute, counting all messages twice over with a datetime-based clock, for
+    each message it sends and receives (O(queue) per message: ~1 s per ReceiveMessage at 1,000 queued), so
+    the local stack cannot hold the backlog that fills a 1,000-event batch. Here the clock is `time.time`
+    (same value), the retention check reads the queue's retention period directly, and the three
+    approximate message counts are cached for COUNT_TTL_S (they are approximate in SQS too).
+    """
+    import moto.sqs.models
+
+    models: Any = moto.sqs.models  # patched by name below
+    originals = {
+        name: getattr(models.Queue, name)
+        for name in (
+            "approximate_number_of_messages",
+            "approximate_number_of_messages_delayed",
+            "approximate_number_of_messages_not_visible",
+        )
+    }
+    clock = models.unix_time, models.unix_time_millis
+    retention = models.SQSBackend.is_message_valid_based_on_retention_period
+
+    def cached(name: str, count: Any) -> property:
+        def get(queue: Any) -> int:
+            cache = queue.__dict__.setdefault("_bench_counts", {})
+            expires, value = cache.get(name, (0.0, 0))
+            if time.monotonic() >= expires:
+                value = count.fget(queue)
+                cache[name] = (time.monotonic() + COUNT_TTL_S, value)
+            return int(value)
+
+        return property(get)
+
+    def still_retained(backend: Any, queue_name: str, message: Any) -> bool:
+        period = int(backend.get_queue(queue_name).message_retention_period)
+        return bool(message.sent_timestamp / 1000 + period > time.time())
+
+    for name, count in originals.items():
+        setattr(models.Queue, name, cached(name, count))
+    models.unix_time = lambda dt=None: clock[0](dt) if dt else time.time()
+    models.unix_time_millis = lambda dt=None: clock[1](dt) if dt else time.time() * 1000
+    models.SQSBackend.is_message_valid_based_on_retention_period = still_retained
+    try:
+        yield
+    finally:
+        for name, count in originals.items():
+            setattr(models.Queue, name, count)
+        models.unix_time, models.unix_time_millis = clock
+        models.SQSBackend.is_message_valid_based_on_retention_period = retention
+
+
+# --- the local stack: batching and end to end ---------------------------------------------------------------
+
+
+def _workers() -> dict[str, int]:
+    """The pids of this process's Lambda worker children, by function ("ingest", "sender")."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == os.getpid() and b"tiktok_bridge.local" in command:
+            handler_file = command[command.index(b"tiktok_bridge.local") + 1]
+            found[Path(handler_file.decode()).parent.name] = int(entry.name)
+    return found
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def _post(local: LocalStack, bodies: Sequence[bytes]) -> tuple[list[dict[str, Any]], int]:
+    """POST every body, signed and with the token, retrying a 5xx as Segment does; the JSON answers and
+    the number of retries. Raises when a body is refused or keeps failing."""
+    answers, retries = [], 0
+    with httpx.Client(timeout=60) as client:
+        for body in bodies:
+            headers = {
+                "content-type": "application/json",
+                "authorization": f"Bearer {TOKEN}",
+                "x-signature": signature(local.webhook_secret, body),
+            }
+            for _ in range(MAX_ATTEMPTS):
+                response = client.post(local.ingest_url, content=body, headers=headers)
+                if response.status_code < 500:
+                    break
+                retries += 1
+            if response.status_code != 200:
+                raise RuntimeError(f"ingest answered HTTP {response.status_code}: {response.text[:200]}")
+            answers.append(response.json())
+    return answers, retries
+
+
+def _delivered(local: LocalStack) -> int:
+    """Distinct events TikTok (the emulator) accepted, by its dedup keys."""
+    assert local.emulator is not None
+    return len({event_id for _, _, event_id in local.emulator.delivered_keys()})
+
+
+def _settle(local: LocalStack, accepted: int, timeout_s: float) -> float:
+    """Wait until every accepted event is delivered or dead-lettered; the monotonic time it happened."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _delivered(local) >= accepted:
+            return time.monotonic()
+        time.sleep(0.05)
+    local.wait_until_drained(timeout_s)  # the DLQ holds the rest, or this raises
+    return time.monotonic()
+
+
+def bench_pipeline(
+    count: int, batch: int, unbatched: int, window_s: float | None = None
+) -> dict[str, dict[str, float]]:
+    """Unbatched webhooks (1 event each), then `count` events in Segment batches of `batch`, sustained."""
+    events = workload(count + unbatched, seed=9)
+    with moto_sqs_speedups(), LocalStack(webhook_token=TOKEN, batching_window_s=window_s) as local:
+        assert local.emulator is not None
+        pids = _workers()
+        cpu = {name: _cpu_s(pid) for name, pid in pids.items()}
+
+        single = [json.dumps(event).encode() for event in events[:unbatched]]
+        answers, retries = _post(local, single)
+        single_accepted = sum(answer["accepted"] for answer in answers)
+        _settle(local, single_accepted, 120)
+        single_cpu = {name: _cpu_s(pid) - cpu[name] for name, pid in pids.items()}
+        single_delivered = _delivered(local)
+        local.emulator.reset()
+        assert local.event_source is not None
+        invocations = local.event_source.invocations
+        cpu = {name: _cpu_s(pid) for name, pid in pids.items()}
+        rest = events[unbatched:]
+        bodies = [json.dumps(rest[n : n + batch]).encode() for n in range(0, len(rest), batch)]
+        start = time.monotonic()
+        answers, more_retries = _post(local, bodies)
+        retries += more_retries
+        accepted = sum(answer["accepted"] for answer in answers)
+        done = _settle(local, accepted, 300)
+        batched_cpu = {name: _cpu_s(pid) - cpu[name] for name, pid in pids.items()}
+        delivered, dead = _delivered(local), len(local.dlq_messages())
+        requests = local.emulator.request_count
+        posted = sum(len(body["data"]) for body in local.emulator.accepted_requests())
+        rss = {name: _peak_rss_mb(pid) for name, pid in pids.items()}
+        invocations = local.event_source.invocations - invocations
+        stack = local.stack
+    return {
+        "delivery": {
+            "events_per_request": posted / requests,
+            "requests_per_1000_events": 1000 * requests / posted,
+            "tiktok_requests": requests,
+            "batch_size": stack.sender_batch_size,
+            "batching_window_s": stack.sender_batching_window_s,
+        },
+        "e2e": {
+            "events_per_s": delivered / (done - start),
+            "accepted": accepted,
+            "delivered": delivered,
+            "dead_lettered": dead,
+            "lost": accepted - delivered - dead,
+            "events_per_webhook": batch,
+            "webhooks": len(bodies),
+            "webhook_bytes": sum(map(len, bodies)) / len(bodies),
+            "unbatched_accepted": single_accepted,
+            "unbatched_lost": single_accepted - single_delivered,
+            "webhook_retries": retries,
+        },
+        "cpu": {
+            "ingest_ms_per_unbatched_webhook": 1000 * single_cpu["ingest"] / unbatched,
+            "ingest_ms_per_batched_webhook": 1000 * batched_cpu["ingest"] / len(bodies),
+            "events_per_batched_webhook": batch,
+            "sender_ms_per_event": 1000 * batched_cpu["sender"] / max(delivered, 1),
+            "sender_events_per_invocation": delivered / max(invocations, 1),
+            "forwarded_per_event": (single_accepted + accepted) / len(events),
+            "ingest_memory_mb": stack.ingest.memory_mb,
+            "sender_memory_mb": stack.sender.memory_mb,
+            "ingest_peak_rss_mb": rss["ingest"],
+            "sender_peak_rss_mb": rss["sender"],
+        },
+    }
+
+
+# --- cost ---------------------------------------------------------------------------------------------------
+
+# us-east-1 list prices (2025), written out in the output and in docs/benchmarks.md.
+PRICES = {
+    "api_gateway_http_usd_per_million_requests": 1.00,  # first 300 M/month; metered per 512 KB of request
+    "lambda_arm64_usd_per_gb_s": 0.0000133334,
+    "lambda_usd_per_million_requests": 0.20,
+    "sqs_standard_usd_per_million_requests": 0.40,  # each 64 KB chunk of a payload is one request
+    "secrets_manager_usd_per_10k_calls": 0.05,
+}
+API_GATEWAY_METER_BYTES = 512 * 1024
+FULL_VCPU_MB = 1769  # Lambda gives one full vCPU at 1,769 MB; less memory gets a proportional share
+SECRET_CACHE_S = 300  # Powertools keeps the secret 5 minutes per instance
+ASSUMED_EVENTS_PER_S = 100  # only for the Secrets Manager line: how long a million events take
+
+
+def _lambda_usd(cpu_s: float, memory_mb: int, invocations: float) -> float:
+    """Billed GB-s when the work is CPU-bound at `memory_mb` (its CPU share stretches the duration)."""
+    duration_s = cpu_s * max(1.0, FULL_VCPU_MB / memory_mb)
+    return (
+        duration_s * memory_mb / 1024 * PRICES["lambda_arm64_usd_per_gb_s"]
+        + invocations * PRICES["lambda_usd_per_million_requests"] / 1e6
+    )
+
+
+def ingest_ms(cpu: dict[str, float], events_per_webhook: int) -> float:
+    """Ingest CPU ms for one webhook of `events_per_webhook` events, on the line through the two measured
+    points (1-event webhooks, and webhooks of `cpu["events_per_batched_webhook"]`)."""
+    one, batched = cpu["ingest_ms_per_unbatched_webhook"], cpu["ingest_ms_per_batched_webhook"]
+    per_event = max(0.0, (batched - one) / (cpu["events_per_batched_webhook"] - 1))
+    return one + per_event * (events_per_webhook - 1)
+
+
+def cost_per_million(
+    cpu: dict[str, float], events_per_webhook: int, bytes_per_event: float
+) -> dict[str, float]:
+    """USD per million Segment events received, by service, for webhooks of `events_per_webhook` events."""
+    events, forwarded = 1e6, 1e6 * cpu["forwarded_per_event"]
+    webhooks = events / events_per_webhook
+    metered = math.ceil(events_per_webhook * bytes_per_event / API_GATEWAY_METER_BYTES)
+    sends = forwarded / min(events_per_webhook, 10)  # SendMessageBatch of ≤ 10 (each ≤ 64 KB)
+    secret_calls = 2 * events / ASSUMED_EVENTS_PER_S / SECRET_CACHE_S  # one instance of each function
+    parts = {
+        "api_gateway": webhooks * metered * PRICES["api_gateway_http_usd_per_million_requests"] / 1e6,
+        "lambda_ingest": _lambda_usd(
+            webhooks * ingest_ms(cpu, events_per_webhook) / 1000, int(cpu["ingest_memory_mb"]), webhooks
+        ),
+        "lambda_sender": _lambda_usd(
+            forwarded * cpu["sender_ms_per_event"] / 1000,
+            int(cpu["sender_memory_mb"]),
+            forwarded / cpu["sender_events_per_invocation"],
+        ),
+        "sqs": (sends + 2 * forwarded / 10) * PRICES["sqs_standard_usd_per_million_requests"] / 1e6,
+        "secrets_manager": secret_calls * PRICES["secrets_manager_usd_per_10k_calls"] / 1e4,
+    }
+    return {**parts, "total": sum(parts.values())}
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+TARGETS = {
+    "mapping.floor_ratio": (">=", 0.5),
+    "delivery.events_per_request": (">=", 900),
+    "cold_start.ingest_over_boto3_ms": ("<=", 150),
+    "cold_start.sender_over_boto3_ms": ("<=", 150),
+    "e2e.lost": ("<=", 0),
+}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Every figure, measured in this one run."""
+    results: dict[str, Any] = {"quick": quick}
+    results["mapping"] = bench_mapping(300 if quick else 20_000, 2 if quick else 7)
+    results["cold_start"] = bench_cold_start(1 if quick else 7)
+    # Webhooks of 100 events: larger ones outlast ingest's 10 s Timeout against moto's SQS on a busy 2-core
+    # machine. --quick shortens the batching window (the template's otherwise) so tails do not wait 5 s.
+    batch = 20 if quick else 100
+    pipeline = bench_pipeline(200 if quick else 20_000, batch, 20 if quick else 300, 0.2 if quick else None)
+    results |= pipeline
+    results["cold_start"] |= {
+        f"{name}_peak_rss_mb": pipeline["cpu"][f"{name}_peak_rss_mb"] for name in ("ingest", "sender")
+    }
+    bytes_per_event = pipeline["e2e"]["webhook_bytes"] / batch
+    costs = {size: cost_per_million(pipeline["cpu"], size, bytes_per_event) for size in (1, 500, 1000)}
+    results["cost"] = {
+        "usd_per_million_unbatched": costs[1]["total"],
+        "usd_per_million_batched": costs[500]["total"],
+        "usd_per_million_batched_1000": costs[1000]["total"],
+        "events_per_batched_webhook": 500,
+        "by_service": {f"{size}_per_webhook": parts for size, parts in costs.items()},
+        "prices": PRICES,
+        "assumptions": (
+            f"Lambda duration = measured CPU time x {FULL_VCPU_MB}/MemorySize (CPU-bound; I/O waits "
+            "not counted), ingest CPU per webhook on the line through the 1-event and batched "
+            "measurements; SQS: 1 send per 10 events batched (1 per event unbatched), 1 receive and "
+            f"1 delete per 10; Secrets Manager: one call per function instance per {SECRET_CACHE_S} s at "
+            f"{ASSUMED_EVENTS_PER_S} events/s; free tiers and the secret's $0.40/month not counted"
+        ),
+    }
+    results["targets"] = {key: _meets(results, key, op, bound) for key, (op, bound) in TARGETS.items()}
+    return results
+
+
+def _value(results: dict[str, Any], key: str) -> float:
+    section, name = key.split(".")
+    return float(results[section][name])
+
+
+def _meets(results: dict[str, Any], key: str, op: str, bound: float) -> bool:
+    value = _value(results, key)
+    return value >= bound if op == ">=" else value <= bound
+
+
+ROWS = (
+    ("mapping.events_per_s", "mapping, events/s on one core", "{:,.0f}"),
+    ("mapping.floor_events_per_s", "floor (loads + sha256 + dumps), events/s", "{:,.0f}"),
+    ("mapping.floor_ratio", "mapping / floor (target >= 0.5)", "{:.2f}"),
+    ("mapping.us_per_event", "mapping, us/event", "{:.1f}"),
+    ("delivery.events_per_request", "events per TikTok request (target >= 900)", "{:,.0f}"),
+    ("delivery.requests_per_1000_events", "TikTok requests per 1,000 events", "{:.2f}"),
+    ("e2e.events_per_s", "end to end, events/s", "{:,.0f}"),
+    ("e2e.accepted", "accepted", "{:,.0f}"),
+    ("e2e.delivered", "delivered (emulator dedup keys)", "{:,.0f}"),
+    ("e2e.dead_lettered", "dead-lettered", "{:,.0f}"),
+    ("e2e.lost", "lost", "{:,.0f}"),
+    ("cold_start.boto3_ms", "import boto3, ms", "{:.0f}"),
+    ("cold_start.ingest_ms", "import ingest handler, ms", "{:.0f}"),
+    ("cold_start.sender_ms", "import sender handler, ms", "{:.0f}"),
+    ("cold_start.ingest_over_boto3_ms", "ingest - boto3, ms (target <= 150)", "{:.0f}"),
+    ("cold_start.sender_over_boto3_ms", "sender - boto3, ms (target <= 150)", "{:.0f}"),
+    ("cold_start.ingest_peak_rss_mb", "ingest process peak RSS, MB", "{:.0f}"),
+    ("cold_start.sender_peak_rss_mb", "sender process peak RSS, MB", "{:.0f}"),
+    ("cpu.ingest_ms_per_unbatched_webhook", "ingest CPU per 1-event webhook, ms", "{:.2f}"),
+    ("cpu.ingest_ms_per_batched_webhook", "ingest CPU per batched webhook, ms", "{:.1f}"),
+    ("cpu.sender_ms_per_event", "sender CPU per event, ms", "{:.3f}"),
+    ("cost.usd_per_million_unbatched", "USD per million events, 1 per webhook", "{:.2f}"),
+    ("cost.usd_per_million_batched", "USD per million events, batched webhooks", "{:.2f}"),
+)
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = []
+    for key, label, style in ROWS:
+        mark = (
+            {True: "  ok", False: "  MISSED"}.get(results["targets"].get(key), "") if key in TARGETS else ""
+        )
+        lines.append(f"{label:<46} {style.format(_value(results, key)):>12}{mark}")
+    lines.append("prices: " + ", ".join(f"{name} ${price}" for name, price in PRICES.items()))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (figures meaningless)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    results = run(args.quick)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(table(results))
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
