@@ -236,3 +236,6 @@ def test_demo_delivers_every_sample_and_exits_0() -> None:
     assert re.search(r"accepted (\d+),.*\ndelivered to TikTok: \1 events", result.stdout)
     assert "LOST" not in result.stdout and "FAILED" not in result.stdout
     assert re.search(r'"external_id": "[0-9a-f]{64}"', result.stdout)  # the sample body shows hashes
+    # identify.json teaches the user's email, so every later event of that user carries it
+    assert re.search(r"mapping alone\s+email\s+\d\d%", result.stdout)
+    assert re.search(r"with Identify\s+email 100%", result.stdout)

@@ -19,7 +19,11 @@ from typing import Any
 import httpx
 
 from tiktok_bridge.auth import signature
+from tiktok_bridge.config import BridgeConfig
+from tiktok_bridge.identity import COVERAGE_KEYS, coverage
 from tiktok_bridge.local import DeadLetter, LocalStack, LocalStackError
+from tiktok_bridge.mapping import map_events
+from tiktok_bridge.segment import parse_body
 from tiktok_bridge.stack import DEFAULT_TEMPLATE
 
 SAMPLES = DEFAULT_TEMPLATE.parent / "events" / "segment"
@@ -81,7 +85,18 @@ def progress_printer(local: LocalStack, out: Any) -> Any:
     return show
 
 
-def report(local: LocalStack, ingested: Ingested, out: Any) -> int:
+def unenriched(samples: Iterable[Path]) -> list[dict[str, Any]]:
+    """The samples' TikTok events as mapping alone makes them, before Identify enrichment."""
+    config = BridgeConfig()
+    return [m.data for path in samples for m in map_events(parse_body(path.read_bytes()), config).forwarded]
+
+
+def coverage_line(label: str, events: Iterable[dict[str, Any]]) -> str:
+    shares = coverage(events)
+    return f"  {label:<18}" + "  ".join(f"{key} {shares[key]:4.0%}" for key in COVERAGE_KEYS)
+
+
+def report(local: LocalStack, ingested: Ingested, before: list[dict[str, Any]], out: Any) -> int:
     """Print what happened; the exit status (1 when an accepted event was lost or a sample failed)."""
     assert local.emulator is not None
     requests = local.emulator.accepted_requests()
@@ -99,6 +114,9 @@ def report(local: LocalStack, ingested: Ingested, out: Any) -> int:
     for (source, name), count in sorted(Counter((s, e.get("event")) for s, e in delivered).items()):
         print(f"  {source:<8} {name:<24} {count}", file=out)
     print(f"TikTok requests made: {local.emulator.request_count}", file=out)
+    print("match-key coverage (share of forwarded events carrying each key):", file=out)
+    print(coverage_line("mapping alone", before), file=out)
+    print(coverage_line("with Identify", (event for _, event in delivered)), file=out)
     print(f"dead-lettered: {len(dead)}", file=out)
     for letter in dead:
         print(f"  {letter.attributes.get('dlq_reason', '(no reason)')} {letter.attributes}", file=out)
@@ -144,7 +162,7 @@ def run_demo(samples_dir: Path = SAMPLES, out: Any = sys.stdout) -> int:
         print(f"sending {len(samples)} samples from {samples_dir}:", file=out)
         ingested = send_samples(local, samples, out)
         local.wait_until_drained(DRAIN_TIMEOUT_S, progress_printer(local, out))
-        return report(local, ingested, out)
+        return report(local, ingested, unenriched(samples), out)
 
 
 def register(subparsers: Any) -> None:
