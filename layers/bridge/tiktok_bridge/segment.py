@@ -64,7 +64,7 @@ class _Lenient(BaseModel):
     model_config = _LENIENT
 
 
-# Nested objects are TypedDicts: type-checked like models, but validated about twice as fast (no model instances).
+# Nested objects are TypedDicts: type-checked like models, validated about twice as fast (no instances).
 class PageContext(TypedDict, total=False):
     __pydantic_config__ = _LENIENT  # type: ignore[misc]
 
