@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 from aws_lambda_powertools.utilities import parameters
 from moto import mock_aws
+from tiktok_bridge.local import LambdaContext
 from tiktok_bridge.stack import Stack, create_stack
 
 if TYPE_CHECKING:
@@ -74,3 +76,14 @@ def emulator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     with Emulator(access_token=TEST_SECRET["access_token"], source_ids=source_ids) as running:
         monkeypatch.setenv("TIKTOK_BASE_URL", running.url)
         yield running
+
+
+def lambda_context(function_name: str) -> LambdaContext:
+    """The `context` Lambda passes a handler, as the local stack makes it (60 s left)."""
+    return LambdaContext(
+        function_name=function_name,
+        memory_limit_in_mb=512,
+        invoked_function_arn=f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}",
+        aws_request_id="test-request",
+        deadline=time.monotonic() + 60,
+    )

@@ -8,7 +8,6 @@ import json
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from tiktok_bridge.model import MappedEvent
 from tiktok_bridge.stack import Stack
 
 from events.make_apigw_events import DEMO_WEBHOOK_SECRET, EVENTS_DIR, apigw_event, render, samples
+from tests.conftest import lambda_context
 from tests.unit.test_auth import FIXTURES
 from tests.unit.test_queue import drain, fail_entries
 
@@ -29,14 +29,6 @@ TOKEN = "demo-bearer-token"
 # city, which TikTok takes normalised but unhashed (SPEC §3.2), so only the queue may carry it.
 PII = ["Quixote", "Dulcinea", "dulcinea.quixote@example.com", "4155550123", "415 555 0123", "08001"]
 CITY = "Barcelona"
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "IngestFunction"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:IngestFunction"
-    aws_request_id: str = "test-request"
 
 
 def track(n: int, **properties: Any) -> dict[str, Any]:
@@ -59,7 +51,7 @@ def pii_event(n: int) -> dict[str, Any]:
 
 
 def invoke(event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    response = ingest.lambda_handler(event, LambdaContext())
+    response = ingest.lambda_handler(event, lambda_context("IngestFunction"))
     return response["statusCode"], json.loads(response["body"])
 
 

@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ from tiktok_bridge.emulator import Emulator
 from tiktok_bridge.model import MappedEvent, Route
 from tiktok_bridge.secret import fetch_secret
 from tiktok_bridge.stack import Stack
+
+from tests.conftest import lambda_context
 
 SAMPLE_EVENT = Path(__file__).resolve().parents[2] / "events" / "sqs-sender.json"
 WEB, OFFLINE = Route("web"), Route("offline")
@@ -75,17 +76,9 @@ def sqs_event(events: Sequence[MappedEvent]) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Context:
-    function_name: str = "SenderFunction"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:SenderFunction"
-    aws_request_id: str = "test-request"
-
-
 def invoke(event: dict[str, Any]) -> list[str]:
     """Run the Lambda handler; the message ids it reports as batch item failures."""
-    response = sender.lambda_handler(event, Context())
+    response = sender.lambda_handler(event, lambda_context("SenderFunction"))
     return [failure["itemIdentifier"] for failure in response["batchItemFailures"]]
 
 
