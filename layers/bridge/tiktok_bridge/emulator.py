@@ -219,7 +219,7 @@ class Emulator:
 
     def __enter__(self) -> Emulator:
         try:
-            self._server = ThreadingHTTPServer(("127.0.0.1", self.port), partial(_Handler, emulator=self))
+            self._server = _Server(("127.0.0.1", self.port), partial(_Handler, emulator=self))
         except OSError as e:
             raise OSError(e.errno, f"cannot listen on 127.0.0.1:{self.port}: {e.strerror}") from e
         self._closed.clear()
@@ -362,6 +362,13 @@ class Emulator:
                     key = (body["event_source_id"], event["event"], event["event_id"])
                     self._duplicate_count += key in self._keys
                     self._keys.add(key)
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (it timed out, or its process was killed) is no error of the emulator's."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
