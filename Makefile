@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit lint build-check bench clean
+.PHONY: install demo test unit lint build-check bench chaos fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ build-check: $(STAMP)
 # --quick run is): timings need a quiet machine.
 bench: $(STAMP)
 	$(BIN)/python tools/bench.py
+
+# 50,000 events through the local stack under TikTok, SQS and process faults; prints the tally, exit 1 on a
+# loss. Several minutes; a small version runs in `make test` (tests/e2e/test_chaos.py).
+chaos: $(STAMP)
+	$(BIN)/python tools/chaos.py
+
+# The fuzz tests with many more examples than `make test` runs.
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-3000} $(BIN)/pytest tests/unit/test_fuzz_ingest.py tests/unit/test_fuzz_sender.py
 
 unit: $(STAMP)
 	$(BIN)/pytest
