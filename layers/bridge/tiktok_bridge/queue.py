@@ -112,7 +112,7 @@ def batches(entries: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]
         yield batch
 
 
-def _send_batch(sqs: SQSClient, queue_url: str, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def send_batch(sqs: SQSClient, queue_url: str, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Send one batch; return its entries that SQS did not accept (all of them if the call failed)."""
     try:
         response = sqs.send_message_batch(QueueUrl=queue_url, Entries=batch)  # type: ignore[arg-type]
@@ -147,7 +147,7 @@ def send_all(
                 break
             if attempt:
                 time.sleep(backoff_s * 2 ** (attempt - 1))
-            rounds = pool.map(lambda batch: _send_batch(sqs, queue_url, batch), batches(pending))
+            rounds = pool.map(lambda batch: send_batch(sqs, queue_url, batch), batches(pending))
             pending = [entry for failed in rounds for entry in failed]
     report.failed = [by_id[entry["Id"]] for entry in pending]
     return report

@@ -153,7 +153,7 @@ class Delivery:
         entries = [_dlq_entry(str(index), letter) for index, letter in enumerate(self.dead)]
         sqs = boto3.client("sqs")
         url = self.settings.dlq_url
-        unsent = [entry for batch in queue.batches(entries) for entry in queue._send_batch(sqs, url, batch)]
+        unsent = [entry for batch in queue.batches(entries) for entry in queue.send_batch(sqs, url, batch)]
         self.failed.update(self.dead[int(entry["Id"])].record.message_id for entry in unsent)
         self.dead_lettered = len(entries) - len(unsent)
         reasons = Counter(letter.reason["dlq_reason"] for letter in self.dead)
