@@ -11,7 +11,6 @@ from typing import Any
 
 import boto3
 import pytest
-from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from tiktok_bridge import queue, sender
 from tiktok_bridge.emulator import Emulator
@@ -190,13 +189,16 @@ def test_a_poison_event_is_isolated_and_dead_lettered(
     assert metrics["EventsPerRequest"][:3] == [1000, 500, 500]
 
 
-def test_throttling_keeps_the_records_and_never_dead_letters(tiktok: Emulator, stack: Stack) -> None:
+def test_throttling_keeps_the_records_and_never_dead_letters(
+    tiktok: Emulator, stack: Stack, output: Callable[[], str]
+) -> None:
     tiktok.set_faults(throttle=1)
     events = [mapped(n) for n in range(3)] + [mapped(n, OFFLINE) for n in range(2)]
     assert invoke(sqs_event(events)) == ["m0", "m1", "m2"]  # the web request was throttled, offline delivered
     tiktok.set_faults(throttle=1000)
-    with pytest.raises(BatchProcessingError):  # a wholly failed batch fails the invocation: Lambda backs off
-        invoke(sqs_event(events))
+    # a wholly throttled batch is reported record by record: no function error, no config-error count
+    assert invoke(sqs_event(events)) == ["m0", "m1", "m2", "m3", "m4"]
+    assert emf_metrics(output())["EventsHeldByConfigError"] == [0]
     assert dead_letters(stack) == []
     assert {key[2] for key in tiktok.delivered_keys()} == {"msg-offline-00000", "msg-offline-00001"}
 
@@ -237,7 +239,7 @@ def test_auth_error_refreshes_the_secret_once_and_delivers(
 
 
 def test_persistent_auth_error_keeps_the_records(
-    tiktok: Emulator, stack: Stack, bridge_secret: dict[str, str]
+    tiktok: Emulator, stack: Stack, bridge_secret: dict[str, str], output: Callable[[], str]
 ) -> None:
     stack.put_secret({**bridge_secret, "access_token": "revoked-token"})
     event = sqs_event([mapped(0), mapped(1), mapped(0, OFFLINE)])
@@ -246,8 +248,9 @@ def test_persistent_auth_error_keeps_the_records(
         tiktok.request_count == 3
     )  # web: refused, refreshed, refused again; offline: refused (no 2nd refresh)
     assert dead_letters(stack) == []
-    with pytest.raises(BatchProcessingError):
-        invoke(event)
+    sender.metrics.clear_metrics()
+    assert invoke(event) == ["m0", "m1", "m2"]
+    assert emf_metrics(output())["EventsHeldByConfigError"] == [3]  # what SenderConfigErrorAlarm watches
 
 
 def test_unauthorised_source_id_is_an_auth_error(
@@ -338,11 +341,9 @@ def test_logs_and_metrics_carry_no_event_data(
     tiktok.set_faults(throttle=1)  # web throttled; offline delivered; corrupt dead-lettered
     invoke(event)
     stack.put_secret({**bridge_secret, "access_token": "revoked-token"})
-    with pytest.raises(BatchProcessingError):
-        invoke(sqs_event(events))
+    invoke(sqs_event(events))
     tiktok.set_faults(http_errors=1)
-    with pytest.raises(BatchProcessingError):
-        invoke(sqs_event(events))
+    invoke(sqs_event(events))
 
     logged = output()
     assert "batch processed" in logged and "40105" in logged and "40100" in logged

@@ -211,3 +211,12 @@ def test_outputs_name_the_webhook_url(cfn: dict[str, Any]) -> None:
     assert cfn["Outputs"]["WebhookUrl"]["Value"] == {
         "Fn::Sub": "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/v1/events"
     }
+
+
+def test_the_config_error_alarm_watches_the_metric_the_sender_emits(cfn: dict[str, Any]) -> None:
+    alarm = props(cfn, "SenderConfigErrorAlarm")
+    env = cfn["Resources"]["SenderFunction"]["Properties"]["Environment"]["Variables"]
+    assert alarm["Namespace"] == env["POWERTOOLS_METRICS_NAMESPACE"]
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": env["POWERTOOLS_SERVICE_NAME"]}]
+    sender_source = (TEMPLATE.parent / "layers" / "bridge" / "tiktok_bridge" / "sender.py").read_text()
+    assert f'"{alarm["MetricName"]}"' in sender_source

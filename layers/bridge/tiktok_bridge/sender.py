@@ -57,6 +57,7 @@ class Delivery:
     delivered: int = 0
     dead_lettered: int = 0
     failed: set[str] = field(default_factory=set)
+    misconfigured: int = 0  # records kept because of the secret or the token, not TikTok's load
     dead: list[DeadLetter] = field(default_factory=list)
     codes: Counter[str] = field(default_factory=Counter)
 
@@ -80,7 +81,7 @@ class Delivery:
             self.secret = fetch_secret(self.settings.secret_id)
         except SecretError as exc:
             logger.error("cannot read the secret; events stay queued", extra={"error": str(exc)})
-            self._fail(pending)
+            self._fail(pending, misconfigured=True)
             return
         for route, group in group_by_route(pending, lambda item: item.event.route).items():
             for chunk in chunked(group):
@@ -90,7 +91,7 @@ class Delivery:
         source_id = self.secret.source_ids()[route.source_id_key]
         if not source_id:
             logger.error("no source id in the secret; events stay queued", extra={"key": route.source_id_key})
-            self._fail(items)
+            self._fail(items, misconfigured=True)
             return
         body = request_body(route, source_id, [item.event.data for item in items])
         token = self.secret.access_token.get_secret_value()
@@ -105,7 +106,7 @@ class Delivery:
                     self.secret = fetch_secret(self.settings.secret_id, force=True)
                 except SecretError as exc:
                     logger.error("cannot refresh the secret", extra={"error": str(exc)})
-                    self._fail(items)
+                    self._fail(items, misconfigured=True)
                     return
                 self._post(route, items)
             case tiktok.Action.INVALID if len(items) > 1:
@@ -120,7 +121,7 @@ class Delivery:
                 }
                 self.dead.append(DeadLetter(items[0].record, reason))
             case _:  # RETRY, or AUTH again after the refresh
-                self._fail(items)
+                self._fail(items, misconfigured=verdict.action is tiktok.Action.AUTH)
 
     def _record(self, verdict: tiktok.Verdict, events: int) -> None:
         self.codes[verdict.code] += 1
@@ -139,8 +140,9 @@ class Delivery:
             },
         )
 
-    def _fail(self, items: Iterable[Pending]) -> None:
+    def _fail(self, items: Sequence[Pending], misconfigured: bool = False) -> None:
         self.failed.update(item.record.message_id for item in items)
+        self.misconfigured += len(items) if misconfigured else 0
 
     def dead_letter(self) -> None:
         """Send the dead letters to the DLQ; one that cannot be sent stays on the source queue instead."""
@@ -181,6 +183,7 @@ def process(records: Sequence[SQSRecord], settings: Settings | None = None) -> s
         "EventsReceived": len(records),
         "EventsDelivered": delivery.delivered,
         "EventsRetried": len(delivery.failed),
+        "EventsHeldByConfigError": delivery.misconfigured,
         "EventsDeadLettered": delivery.dead_lettered,
         "TikTokRequests": delivery.codes.total(),
     }
@@ -205,5 +208,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         if record.message_id in failed:
             raise RetryLater(record.message_id)
 
-    processor = BatchProcessor(event_type=EventType.SQS)
+    # A wholly failed batch (e.g. throttled) is reported record by record, not raised: Lambda's `Errors` (and
+    # its alarm) stay for real faults; configuration errors have their own metric and alarm.
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
     return dict(process_partial_response(event, record_handler, processor, context))
