@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
@@ -396,12 +397,25 @@ def _settle(local: LocalStack, accepted: int, timeout_s: float) -> float:
     return time.monotonic()
 
 
+class AwsCalls(Counter[str]):
+    """A moto WSGI middleware counting AWS API calls by `X-Amz-Target` (DynamoDB's JSON protocol)."""
+
+    def __call__(self, app: Callable[..., Any]) -> Callable[..., Any]:
+        def counting(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            self[str(environ.get("HTTP_X_AMZ_TARGET", "")).rpartition(".")[2]] += 1
+            return app(environ, start_response)
+
+        return counting
+
+
 def bench_pipeline(
     count: int, batch: int, unbatched: int, window_s: float | None = None
 ) -> dict[str, dict[str, float]]:
     """Unbatched webhooks (1 event each), then `count` events in Segment batches of `batch`, sustained."""
     events = workload(count + unbatched, seed=9)
-    with moto_sqs_speedups(), LocalStack(webhook_token=TOKEN, batching_window_s=window_s) as local:
+    calls = AwsCalls()
+    local_stack = LocalStack(webhook_token=TOKEN, batching_window_s=window_s, moto_middleware=calls)
+    with moto_sqs_speedups(), local_stack as local:
         assert local.emulator is not None
         pids = _workers()
         cpu = {name: _cpu_s(pid) for name, pid in pids.items()}
@@ -416,10 +430,12 @@ def bench_pipeline(
         assert local.event_source is not None
         invocations = local.event_source.invocations
         cpu = {name: _cpu_s(pid) for name, pid in pids.items()}
+        calls.clear()
         rest = events[unbatched:]
         bodies = [json.dumps(rest[n : n + batch]).encode() for n in range(0, len(rest), batch)]
         start = time.monotonic()
         answers, more_retries = _post(local, bodies)
+        profile_calls = {name: calls[name] / len(bodies) for name in ("BatchGetItem", "BatchWriteItem")}
         retries += more_retries
         accepted = sum(answer["accepted"] for answer in answers)
         done = _settle(local, accepted, 300)
@@ -450,6 +466,12 @@ def bench_pipeline(
             "unbatched_accepted": single_accepted,
             "unbatched_lost": single_accepted - single_delivered,
             "webhook_retries": retries,
+        },
+        "identity": {
+            # Identify's DynamoDB calls per batched webhook: one logical read and write, split by DynamoDB's
+            # per-call limits (100 keys read, 25 items written) when a webhook holds that many users.
+            "dynamodb_batch_get_per_webhook": profile_calls["BatchGetItem"],
+            "dynamodb_batch_write_per_webhook": profile_calls["BatchWriteItem"],
         },
         "cpu": {
             "ingest_ms_per_unbatched_webhook": 1000 * single_cpu["ingest"] / unbatched,
@@ -598,6 +620,8 @@ ROWS = (
     ("cold_start.sender_over_boto3_ms", "sender - boto3, ms (target <= 150)", "{:.0f}"),
     ("cold_start.ingest_peak_rss_mb", "ingest process peak RSS, MB", "{:.0f}"),
     ("cold_start.sender_peak_rss_mb", "sender process peak RSS, MB", "{:.0f}"),
+    ("identity.dynamodb_batch_get_per_webhook", "Identify BatchGetItem calls per webhook", "{:.2f}"),
+    ("identity.dynamodb_batch_write_per_webhook", "Identify BatchWriteItem calls per webhook", "{:.2f}"),
     ("cpu.ingest_ms_per_unbatched_webhook", "ingest CPU per 1-event webhook, ms", "{:.2f}"),
     ("cpu.ingest_ms_per_batched_webhook", "ingest CPU per batched webhook, ms", "{:.1f}"),
     ("cpu.sender_ms_per_event", "sender CPU per event, ms", "{:.3f}"),

@@ -17,6 +17,7 @@ REQUIRED = {
     "e2e": ("events_per_s", "accepted", "delivered", "lost"),
     "cold_start": ("boto3_ms", "ingest_ms", "sender_ms"),
     "cost": ("usd_per_million_batched", "usd_per_million_unbatched"),
+    "identity": ("dynamodb_batch_get_per_webhook", "dynamodb_batch_write_per_webhook"),
 }
 
 

@@ -113,7 +113,7 @@ def moto_server(port: int, middleware: Callable[[Any], Any] | None = None) -> so
     server: socketserver.BaseServer = make_server(
         "127.0.0.1",
         port,
-        middleware(app) if middleware else app,
+        middleware(app) if middleware is not None else app,
         threaded=True,
         request_handler=MotoRequestHandler,
     )
