@@ -1,8 +1,9 @@
 """`tiktok-bridge demo`: every sample in events/segment/ through the local stack, then what TikTok received.
 
 Starts the local stack, POSTs each sample over real HTTP with a valid X-Signature, waits until every accepted
-event is delivered or dead-lettered, prints a short report and exits 0, or 1 when an event was lost or a
-request failed.
+event is delivered or dead-lettered, prints a short report (accepted, skipped, rejected with reasons,
+delivered per TikTok event, match-key coverage before and after Identify, TikTok requests, dead letters, one
+delivered request body) and exits 0, or 1 when an event was lost or a request failed.
 """
 
 from __future__ import annotations
@@ -166,7 +167,12 @@ def run_demo(samples_dir: Path = SAMPLES, out: Any = sys.stdout) -> int:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("demo", help="send the sample events through the local stack and report")
+    parser = subparsers.add_parser(
+        "demo",
+        help="send the sample events through the local stack and report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--samples", type=Path, default=SAMPLES, help="folder of Segment payloads (*.json)")
     parser.set_defaults(run=lambda args: _main(args))
 

@@ -2,6 +2,8 @@
 
 It validates like TikTok, answers TikTok's envelope `{code, message, request_id, data}` with HTTP 200, keeps
 a record of accepted requests and dedup keys, and injects faults on demand. Error messages never echo values.
+Over HTTP: `GET /_emulator/requests` returns the accepted request bodies, `POST /_emulator/faults` sets fault
+switches (JSON, the flags' names with `_`), `POST /_emulator/reset` clears both.
 """
 
 from __future__ import annotations
@@ -445,7 +447,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 def register(subparsers: Any) -> None:
     """Add `tiktok-bridge emulator`; every `Faults` switch is also a flag."""
-    parser = subparsers.add_parser("emulator", help="run the local TikTok Events API emulator")
+    parser = subparsers.add_parser(
+        "emulator",
+        help="run the local TikTok Events API emulator",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--port", type=int, default=8787, help="port on 127.0.0.1 (0 = any free port)")
     parser.add_argument("--strict", action="store_true", help="require hashed PII and offline identifiers")
     parser.add_argument("--access-token", default="test-token")
