@@ -19,6 +19,7 @@ import re
 import secrets
 import select
 import signal
+import socket
 import socketserver
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from urllib.parse import parse_qsl, urlsplit
 import boto3
 import yaml
 
+from tiktok_bridge.auth import signature
 from tiktok_bridge.config import BridgeConfig, ConfigError, load_config
 from tiktok_bridge.emulator import Emulator
 from tiktok_bridge.stack import (
@@ -56,9 +58,12 @@ LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "loc
 # What the emulator accepts; also written to the secret unless real TikTok credentials are given.
 EMULATOR_SECRET = {"access_token": "local-token", "pixel_code": "PIXEL123", "event_set_id": "EVENTSET123"}
 API_GATEWAY_MAX_BODY_BYTES = 10 * 1024 * 1024  # HTTP API's request limit
+API_GATEWAY_IDLE_TIMEOUT_S = 30.0  # HTTP API closes a connection idle this long
+LINGER_S = 5.0  # after refusing a request, how long to drain what the client still sends
 SQS_RECEIVE_MAX = 10
 EVENT_SOURCE_MAX_PAYLOAD_BYTES = 5 * 1024 * 1024  # stop gathering below Lambda's 6 MB invocation limit
 POLL_SLICE_S = 1  # long-poll in short slices so that stopping is quick
+POLL_ERROR_BACKOFF_S = 0.5  # the event source's first pause after a failed poll
 WORKER_START_TIMEOUT_S = 60.0
 _TEXT_TYPE = re.compile(r"^(text/|application/([\w.+-]*\+)?(json|xml|javascript|x-www-form-urlencoded)\b)")
 
@@ -157,7 +162,9 @@ class LambdaWorker:
 
     The child gets the function's environment only; its stdout and stderr (the function's logs) are passed to
     `log` line by line. An invocation that outlives the function's Timeout kills the instance; the next one
-    starts cold, as on Lambda.
+    starts cold, as on Lambda. An instance that died while idle is replaced before an event reaches it; one
+    that dies during an invocation or its cold start fails that invocation only. `invoke` never raises for
+    a lost instance.
     """
 
     def __init__(
@@ -208,18 +215,17 @@ class LambdaWorker:
 
     def wait_ready(self) -> None:
         """Block until the handler is imported; raise LocalStackError if it cannot be."""
-        reply = self._read_reply(WORKER_START_TIMEOUT_S)
-        if reply is None or "ready" not in reply:
-            self.stop()
-            detail = reply.get("error") if reply else "the process exited or hung while importing"
-            raise LocalStackError(f"{self.spec.logical_id} ({self.spec.handler_file}) cannot start: {detail}")
+        error = self._await_ready()
+        if error is not None:
+            raise LocalStackError(f"{self.spec.logical_id} ({self.spec.handler_file}) cannot start: {error}")
 
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is None:
             return
         if process.stdin:
-            process.stdin.close()  # the child's loop ends on EOF
+            with suppress(OSError):  # a write the dead child never read may still be buffered
+                process.stdin.close()  # the child's loop ends on EOF
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -231,11 +237,25 @@ class LambdaWorker:
             self._log_thread.join()
 
     def invoke(self, event: dict[str, Any]) -> Invocation:
-        """Run the handler on `event` (JSON round-tripped, as Lambda does) and return its result or error."""
+        """Run the handler on `event` (JSON round-tripped, as Lambda does) and return its result or error.
+
+        Never raises for the instance's sake: an instance that died while idle is replaced before the event is
+        sent (Lambda never hands an event to a dead instance), and one that dies during its cold start fails
+        this invocation only; the next one starts a new instance.
+        """
         with self._lock:
+            if self._process is not None and self._process.poll() is not None:
+                self._log(
+                    f"{self.spec.logical_id}: the instance exited while idle ({self._process.returncode}); "
+                    "starting a new instance"
+                )
+                self.stop()
             if self._process is None:
                 self.start()
-                self.wait_ready()
+                error = self._await_ready()
+                if error is not None:
+                    self._log(f"{self.spec.logical_id}: {error}; the next invocation starts a new instance")
+                    return Invocation(error=error)
             request = {"event": event, "request_id": str(uuid.uuid4()), "timeout_s": self.spec.timeout_s}
             assert self._process is not None and self._process.stdin is not None
             try:
@@ -252,6 +272,24 @@ class LambdaWorker:
                 return self._restart(f"Sandbox.Timedout: Task timed out after {self.spec.timeout_s} seconds")
             return Invocation(result=reply.get("result"), error=reply.get("error"))
 
+    def _await_ready(self) -> str | None:
+        """Wait for the started child's imports; on failure stop it and return the error ("Type: message")."""
+        assert self._process is not None
+        reply = self._read_reply(WORKER_START_TIMEOUT_S)
+        if reply is not None and "ready" in reply:
+            return None
+        if reply is not None and reply.get("error"):
+            error = str(reply["error"])
+        elif self._process.poll() is not None:
+            error = (
+                f"Runtime.ExitError: the process exited during its cold start ({self._process.returncode})"
+            )
+        else:
+            error = f"Sandbox.Timedout: the handler did not import within {WORKER_START_TIMEOUT_S:g} seconds"
+        self._process.kill()
+        self.stop()
+        return error
+
     def _restart(self, error: str) -> Invocation:
         self._log(f"{self.spec.logical_id}: {error}; the next invocation starts a new instance")
         if self._process:
@@ -260,11 +298,21 @@ class LambdaWorker:
         return Invocation(error=error)
 
     def _read_reply(self, timeout_s: float) -> dict[str, Any] | None:
-        """The child's next protocol line, or None when it exits or does not answer within `timeout_s`."""
+        """The child's next protocol line, or None when it exits (then it is reaped, so `poll()` tells) or
+        does not answer within `timeout_s`."""
         assert self._process is not None and self._process.stdout is not None
         ready, _, _ = select.select([self._process.stdout], [], [], timeout_s)
-        line = self._process.stdout.readline() if ready else b""
-        reply = json.loads(line) if line else None
+        if not ready:
+            return None
+        line = self._process.stdout.readline()
+        if not line.endswith(b"\n"):  # end of file: the child is exiting
+            with suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=1)
+            return None
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            return None
         return reply if isinstance(reply, dict) else None
 
     def _forward_logs(self, stream: IO[bytes]) -> None:
@@ -470,30 +518,77 @@ def http_api_response(invocation: Invocation) -> tuple[int, list[tuple[str, str]
     return status, headers, raw
 
 
+def ingest_server(
+    port: int,
+    routes: Sequence[tuple[str, str]],
+    invoke: Invoke,
+    *,
+    idle_timeout_s: float = API_GATEWAY_IDLE_TIMEOUT_S,
+) -> ThreadingHTTPServer:
+    """API Gateway's HTTP API on 127.0.0.1:`port` in front of `invoke` (the ingest function), not yet serving.
+
+    One thread per connection; a connection on which the client sends nothing for `idle_timeout_s` (between
+    requests, or within one) is closed, so idle or stalled clients never hold a thread for long.
+    """
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", port),
+        partial(_IngestHandler, routes=routes, invoke=invoke, idle_timeout_s=idle_timeout_s),
+    )
+    server.daemon_threads = True
+    return server
+
+
+class _BodyTooLarge(ValueError):
+    """The request body is over API Gateway's limit."""
+
+
 class _IngestHandler(BaseHTTPRequestHandler):
     """Turns each HTTP request into an HTTP API event for the ingest function, and its answer back."""
 
     protocol_version = "HTTP/1.1"
     server_version = "tiktok-bridge-local"
 
-    def __init__(self, *args: Any, routes: Sequence[tuple[str, str]], invoke: Invoke, **kwargs: Any) -> None:
-        self.routes, self.invoke = routes, invoke
+    def __init__(
+        self,
+        *args: Any,
+        routes: Sequence[tuple[str, str]],
+        invoke: Invoke,
+        idle_timeout_s: float | None,
+        **kwargs: Any,
+    ) -> None:
+        self.routes, self.invoke, self.idle_timeout_s = routes, invoke, idle_timeout_s
         super().__init__(*args, **kwargs)
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.idle_timeout_s)  # on every read and write of this connection
 
     def do_GET(self) -> None:
         self._handle()
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
 
+    def handle_expect_100(self) -> bool:
+        """Refuse a body declared too large before the client sends it (curl asks first above 1 MB)."""
+        if self._declared_length() > API_GATEWAY_MAX_BODY_BYTES:
+            self._reject_too_large()
+            return False
+        return super().handle_expect_100()
+
     def _handle(self) -> None:
         try:
             body = self._read_body()
+        except _BodyTooLarge:
+            self._reject_too_large()
+            return
         except ValueError as exc:
             self.close_connection = True
-            status = 413 if "large" in str(exc) else 400
             self._send(
-                status, [("content-type", "application/json")], json.dumps({"message": str(exc)}).encode()
+                400, [("content-type", "application/json")], json.dumps({"message": str(exc)}).encode()
             )
+            return
+        if body is None:  # the client closed the connection before sending the whole body
+            self.close_connection = True
             return
         matched = match_route(self.routes, self.command, urlsplit(self.path).path)
         if matched is None:
@@ -508,27 +603,52 @@ class _IngestHandler(BaseHTTPRequestHandler):
             path_parameters=matched[1],
             source_ip=self.client_address[0],
         )
-        self._send(*http_api_response(self.invoke(event)))
+        try:
+            invocation = self.invoke(event)
+        except Exception as exc:  # the integration failed: API Gateway answers 500, the connection lives on
+            invocation = Invocation(error=f"{type(exc).__name__}: {exc}")
+        self._send(*http_api_response(invocation))
 
-    def _read_body(self) -> bytes:
+    def _declared_length(self) -> int:
+        length = self.headers.get("content-length", "0").strip()
+        return int(length) if length.isdigit() else 0
+
+    def _read_body(self) -> bytes | None:
+        """The whole body, or None when the connection ends first; _BodyTooLarge over API Gateway's limit."""
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
             chunks, total = [], 0
             while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
                 total += size
                 if total > API_GATEWAY_MAX_BODY_BYTES:
-                    raise ValueError("Request Entity Too Large")
+                    raise _BodyTooLarge
                 chunks.append(self.rfile.read(size))
-                self.rfile.readline()
+                if len(chunks[-1]) < size or not self.rfile.readline():
+                    return None
             while self.rfile.readline().strip():  # trailers
                 pass
             return b"".join(chunks)
-        length_header = self.headers.get("content-length", "0")
+        length_header = self.headers.get("content-length", "0").strip()
         if not length_header.isdigit():
             raise ValueError("Content-Length is not a number")
         length = int(length_header)
         if length > API_GATEWAY_MAX_BODY_BYTES:
-            raise ValueError("Request Entity Too Large")
-        return self.rfile.read(length)
+            raise _BodyTooLarge
+        body = self.rfile.read(length)
+        return body if len(body) == length else None
+
+    def _reject_too_large(self) -> None:
+        """API Gateway's 413, then a lingering close: read and drop what the client is still sending (for a
+        few seconds at most), so that it gets to read the answer instead of a connection reset."""
+        self.close_connection = True
+        self._send(413, [("content-type", "application/json")], b'{"message":"Request Entity Too Large"}')
+        deadline = time.monotonic() + LINGER_S
+        with suppress(OSError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            while (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                if not self.rfile.read1(1 << 16):
+                    break
 
     def _send(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
         self.send_response(status)
@@ -537,6 +657,8 @@ class _IngestHandler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
         self.send_header("content-length", str(len(body)))
         self.send_header("apigw-requestid", uuid.uuid4().hex[:16])
+        if self.close_connection:
+            self.send_header("connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -613,6 +735,7 @@ class SqsEventSource:
     Gathers up to `batch_size` messages, waiting at most `batching_window_s` after the first arrives. Records
     reported as failed (or all, when the invocation fails) are not deleted: they return after the queue's
     visibility timeout, and SQS moves them to the DLQ once received more than maxReceiveCount times.
+    `run` never gives up: an error in one poll is passed to `log`, and polling resumes after a pause.
     """
 
     def __init__(
@@ -622,8 +745,12 @@ class SqsEventSource:
         *,
         batch_size: int | None = None,
         batching_window_s: float | None = None,
+        error_backoff_s: float = POLL_ERROR_BACKOFF_S,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.stack, self.invoke = stack, invoke
+        self.error_backoff_s = error_backoff_s
+        self._log = log or logging.getLogger(__name__).warning
         self.batch_size = stack.sender_batch_size if batch_size is None else batch_size
         self.batching_window_s = (
             stack.sender_batching_window_s if batching_window_s is None else batching_window_s
@@ -649,9 +776,25 @@ class SqsEventSource:
         return len(batch)
 
     def run(self, stop: threading.Event) -> None:
-        """Poll until `stop` is set (within about POLL_SLICE_S)."""
+        """Poll until `stop` is set (within about POLL_SLICE_S), whatever one poll raises.
+
+        A poll that fails (SQS unreachable, an invocation that raised) is logged and the loop waits before the
+        next one, doubling the pause while failures last (up to 16 times `error_backoff_s`). What that poll
+        had received was not deleted, so it returns after the visibility timeout, as on Lambda.
+        """
+        pause = self.error_backoff_s
         while not stop.is_set():
-            self.poll_once()
+            try:
+                self.poll_once()
+            except Exception as exc:
+                self._log(
+                    f"SQS event source: a poll failed ({type(exc).__name__}: {exc}); "
+                    f"polling again in {pause:g} s"
+                )
+                stop.wait(pause)
+                pause = min(pause * 2, self.error_backoff_s * 16)
+            else:
+                pause = self.error_backoff_s
 
     def _receive(self, count: int, wait_s: int) -> list[dict[str, Any]]:
         response = self._sqs.receive_message(
@@ -741,6 +884,8 @@ class LocalStack:
     `log` receives the functions' log lines (default: kept in `.logs` only). Ports 0 are chosen free.
     `environment` adds or overrides function environment variables (e.g. POWERTOOLS_LOG_LEVEL).
     `moto_middleware` wraps moto's WSGI app (AWS fault injection, see tools/chaos.py).
+    `idle_timeout_s`: the ingest API closes a connection on which the client sends nothing for this long.
+    Everything is in memory: leaving the block (or stopping `serve`) loses whatever is still queued.
     """
 
     def __init__(
@@ -751,17 +896,20 @@ class LocalStack:
         moto_port: int = 0,
         emulator_port: int = 0,
         webhook_secret: str | None = None,
-        webhook_token: str = "",
+        webhook_token: str | None = None,
         config_text: str = "",
         tiktok: TikTokTarget | None = None,
         batching_window_s: float | None = None,
         environment: Mapping[str, str] | None = None,
         log: Callable[[str], None] | None = None,
         moto_middleware: Callable[[Any], Any] | None = None,
+        idle_timeout_s: float = API_GATEWAY_IDLE_TIMEOUT_S,
     ) -> None:
+        self.idle_timeout_s = idle_timeout_s
         self.template, self.ports = template, {"ingest": port, "moto": moto_port, "emulator": emulator_port}
         self.webhook_secret = webhook_secret or secrets.token_hex(24)
-        self.webhook_token, self.tiktok = webhook_token, tiktok or TikTokTarget.emulator()
+        self.webhook_token = secrets.token_hex(24) if webhook_token is None else webhook_token
+        self.tiktok = tiktok or TikTokTarget.emulator()
         self.config_text = with_test_event_code(config_text, self.tiktok.test_event_code)
         self.batching_window_s, self.environment = batching_window_s, dict(environment or {})
         self.moto_middleware = moto_middleware
@@ -783,6 +931,14 @@ class LocalStack:
     @property
     def tiktok_url(self) -> str:
         return self.tiktok.base_url or (self.emulator.url if self.emulator else "")
+
+    def webhook_headers(self, covered: bytes) -> dict[str, str]:
+        """What Segment sends: `X-Signature` over `covered` (the body, or a batch's first element), and the
+        webhook token as `Authorization: Bearer` when one is set."""
+        headers = {"content-type": "application/json", "x-signature": signature(self.webhook_secret, covered)}
+        if self.webhook_token:
+            headers["authorization"] = f"Bearer {self.webhook_token}"
+        return headers
 
     def __enter__(self) -> LocalStack:
         try:
@@ -820,16 +976,17 @@ class LocalStack:
             except OSError as exc:
                 raise LocalStackError(f"{exc} (TikTok emulator)") from None
         ingest_routes: list[tuple[str, str]] = []
-        ingest_server = listen(
-            lambda: ThreadingHTTPServer(
-                ("127.0.0.1", self.ports["ingest"]),
-                partial(_IngestHandler, routes=ingest_routes, invoke=lambda event: ingest.invoke(event)),
+        http = listen(
+            lambda: ingest_server(
+                self.ports["ingest"],
+                ingest_routes,
+                lambda event: ingest.invoke(event),
+                idle_timeout_s=self.idle_timeout_s,
             ),
             "the ingest API",
             self.ports["ingest"],
         )
-        ingest_server.daemon_threads = True
-        self._exit.callback(ingest_server.server_close)
+        self._exit.callback(http.server_close)
         self._stack = self._create_resources()
         self._exit.callback(delete_stack, self._stack)
         environment = {**self.environment, "TIKTOK_BASE_URL": self.tiktok_url}
@@ -844,10 +1001,10 @@ class LocalStack:
         for worker in (ingest, sender):
             worker.wait_ready()
         ingest_routes.extend(self._stack.ingest.routes)
-        self._exit.enter_context(serving(ingest_server))
-        self.ingest_url = url_of(ingest_server) + _route_path(self._stack.ingest.routes)
+        self._exit.enter_context(serving(http))
+        self.ingest_url = url_of(http) + _route_path(self._stack.ingest.routes)
         self.event_source = SqsEventSource(
-            self._stack, sender.invoke, batching_window_s=self.batching_window_s
+            self._stack, sender.invoke, batching_window_s=self.batching_window_s, log=self._log
         )
         stop = threading.Event()
         poller = threading.Thread(target=self.event_source.run, args=(stop,), daemon=True)
@@ -957,11 +1114,19 @@ def _route_path(routes: Sequence[tuple[str, str]]) -> str:
 # --- `tiktok-bridge serve` ----------------------------------------------------------------------------------
 
 
+SERVE_QUEUE_NOTE = """\
+The queue, the DLQ and the profiles table live in moto's memory inside the `serve` process: nothing is
+written to disk. Stopping `serve` (Ctrl-C, SIGTERM, a crash) loses every event still queued, in flight or
+dead-lettered, even though ingest answered 200 for it; the next start begins empty. Let the queue drain
+before stopping if those events matter.
+"""
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run the whole bridge locally: HTTP ingest -> moto SQS -> sender -> TikTok emulator",
-        description=__doc__,
+        description=f"{__doc__}\n{SERVE_QUEUE_NOTE}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--port", type=int, default=3000, help="ingest port on 127.0.0.1 (0 = any free port)")
@@ -972,6 +1137,10 @@ def register(subparsers: Any) -> None:
         "--moto-port", type=int, default=0, help="moto (SQS, Secrets Manager) port (0 = any free)"
     )
     parser.add_argument("--webhook-secret", help="the X-Signature HMAC secret (default: a generated one)")
+    parser.add_argument(
+        "--webhook-token",
+        help='the Bearer token Segment sends (default: a generated one; "" = none, signatures only)',
+    )
     parser.add_argument("--config", type=Path, metavar="FILE", help="mapping config (JSON or YAML)")
     parser.add_argument(
         "--tiktok-url",
@@ -993,6 +1162,7 @@ def serve(args: argparse.Namespace) -> int:
             moto_port=args.moto_port,
             emulator_port=args.emulator_port,
             webhook_secret=args.webhook_secret,
+            webhook_token=args.webhook_token,
             config_text=config_text,
             tiktok=tiktok,
             log=lambda line: print(line, file=sys.stderr, flush=True),
@@ -1006,6 +1176,7 @@ def serve(args: argparse.Namespace) -> int:
             )
             print(f"moto:           {local.moto_url}", flush=True)
             print(f"webhook secret: {local.webhook_secret}", flush=True)
+            print(f"webhook token:  {local.webhook_token or '(none)'}", flush=True)
             print("Ctrl-C stops everything.", flush=True)
             with suppress(KeyboardInterrupt):
                 stopping.wait()
