@@ -4,9 +4,10 @@
     .venv/bin/python events/make_apigw_events.py --check   # exit 1 if a committed sample is stale
 
 Each sample works with `sam local invoke IngestFunction -e events/<file>`. They are signed with the demo
-secret below: put `"webhook_secret": "demo-webhook-secret"` in the bridge secret for them to verify.
+secret and carry the demo token below: put `"webhook_secret": "demo-webhook-secret"` in the bridge secret
+and `"webhook_token": "demo-webhook-token"` in the webhook token secret for them to verify.
 `apigw-batch.json` is what Segment's Webhooks (Actions) destination sends with batching on: a bare array,
-signed over its first element only.
+signed over its first element only (which counts only together with the token).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from tiktok_bridge.auth import signature
 
 DEMO_WEBHOOK_SECRET = "demo-webhook-secret"
+DEMO_WEBHOOK_TOKEN = "demo-webhook-token"
 EVENTS_DIR = Path(__file__).resolve().parent
 ROUTE = ("POST", "/v1/events")
 PAYLOADS = ("track", "page", "identify")
@@ -69,7 +71,9 @@ def compact(event: Any) -> bytes:
 
 
 def signed(body: bytes, covered: bytes, secret: str = DEMO_WEBHOOK_SECRET) -> dict[str, Any]:
-    return apigw_event(body, {"x-signature": signature(secret, covered)})
+    """The request for `body`, its `X-Signature` over `covered` and the demo token in `Authorization`."""
+    headers = {"x-signature": signature(secret, covered), "authorization": f"Bearer {DEMO_WEBHOOK_TOKEN}"}
+    return apigw_event(body, headers)
 
 
 def samples(segment_dir: Path = EVENTS_DIR / "segment") -> dict[str, dict[str, Any]]:

@@ -27,7 +27,7 @@ def serve(*args: str) -> Iterator[Served]:
     )
     try:
         assert process.stdout is not None
-        lines = "".join(process.stdout.readline() for _ in range(4))
+        lines = "".join(process.stdout.readline() for _ in range(5))
         urls = dict(re.findall(r"^(\w[\w ]*):\s+(?:POST )?(\S+)", lines, re.MULTILINE))
         yield Served(process, urls)
     finally:

@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from tiktok_bridge.auth import signature
 from tiktok_bridge.local import LOCAL_CREDENTIALS, LocalStack
 
 from tests.e2e.conftest import CLI, serve
+from tests.unit.test_hostile_ingest import FREE_TEXT_PII, free_text_pii_event
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +55,7 @@ def fresh(local: LocalStack) -> LocalStack:
 
 
 def post(local: LocalStack, body: bytes, **headers: str) -> httpx.Response:
-    signed = {"content-type": "application/json", "x-signature": signature(local.webhook_secret, body)}
+    signed = local.webhook_headers(body)
     return httpx.post(local.ingest_url, content=body, headers={**signed, **headers}, timeout=30)
 
 
@@ -112,6 +114,22 @@ def test_a_poison_event_ends_in_the_dlq_with_its_reason_and_the_rest_is_delivere
     sqs.purge_queue(QueueUrl=fresh.stack.dlq_url)
 
 
+def test_pii_in_urls_and_free_text_reaches_neither_tiktok_nor_the_dlq_nor_a_log(fresh: LocalStack) -> None:
+    """Thank-you and password-reset URLs carry `email=`; customers type emails into searches and notes."""
+    assert fresh.emulator is not None
+    fresh.emulator.set_faults(poison_marker="poison-")
+    events = [free_text_pii_event(1), {**free_text_pii_event(2), "messageId": "poison-2"}]
+    assert post(fresh, json.dumps(events).encode()).json()["accepted"] == 2
+    fresh.wait_until_drained(30)
+    [letter] = fresh.dlq_messages()
+    seen = [json.dumps(delivered(fresh)), letter.body, json.dumps(letter.attributes), *fresh.logs]
+    assert not [text for text in seen for pii in FREE_TEXT_PII if pii.lower() in text.lower()]
+    assert [event["page"]["url"] for event in delivered(fresh)] == [
+        "https://shop.example/thanks?order=77&ttclid=E.C.P.abc"
+    ]
+    fresh.stack.client("sqs").purge_queue(QueueUrl=fresh.stack.dlq_url)
+
+
 def test_function_logs_never_hold_raw_pii(local: LocalStack) -> None:
     post(local, (SAMPLES / "order-completed.json").read_bytes())
     local.wait_until_drained(30)
@@ -141,6 +159,42 @@ def test_bad_requests_get_clear_answers_and_enqueue_nothing(
 def test_unknown_routes_get_api_gateway_404(local: LocalStack) -> None:
     response = httpx.get(local.ingest_url)
     assert (response.status_code, response.json()) == (404, {"message": "Not Found"})
+
+
+def test_a_body_over_10_mb_gets_api_gateways_413(fresh: LocalStack) -> None:
+    response = post(fresh, b"[" + b" " * (10 * 1024 * 1024) + b"]")
+    assert (response.status_code, response.json()) == (413, {"message": "Request Entity Too Large"})
+    assert fresh.queue_depth()["queued"] == 0
+
+
+def kill_instance(local: LocalStack, name: str) -> int:
+    """SIGKILL the function's running instance while it is idle; its pid."""
+    pid = local.workers[name].pid
+    assert pid is not None and not local.workers[name].busy
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return pid
+
+
+def test_a_sender_killed_while_idle_is_replaced_and_events_are_still_delivered(fresh: LocalStack) -> None:
+    killed = kill_instance(fresh, "sender")
+    response = post(fresh, (SAMPLES / "order-completed.json").read_bytes())
+    assert response.status_code == 200, response.text
+    fresh.wait_until_drained(15)
+    assert [event["event_id"] for event in delivered(fresh)] == [ORDER["messageId"]]
+    assert fresh.workers["sender"].pid not in {None, killed}
+    assert any("SenderFunction: the instance exited while idle" in line for line in fresh.logs)
+
+
+def test_an_ingest_instance_killed_while_idle_is_replaced_before_the_next_request(fresh: LocalStack) -> None:
+    killed = kill_instance(fresh, "ingest")
+    response = post(fresh, (SAMPLES / "order-completed.json").read_bytes())
+    assert (response.status_code, response.json()["accepted"]) == (200, 1)
+    fresh.wait_until_drained(15)
+    assert len(delivered(fresh)) == 1
+    assert fresh.workers["ingest"].pid not in {None, killed}
 
 
 def test_identify_then_an_enriched_purchase_and_forget(fresh: LocalStack) -> None:
@@ -201,14 +255,15 @@ def alive(pid: int) -> bool:
 
 
 def test_serve_prints_its_urls_accepts_a_signed_event_and_stops_cleanly_on_sigint() -> None:
-    with serve("--webhook-secret", "s3cret") as served:
+    with serve("--webhook-secret", "s3cret", "--webhook-token", "t0ken") as served:
         process, urls = served.process, served.urls
-        assert urls["webhook secret"] == "s3cret"
+        assert (urls["webhook secret"], urls["webhook token"]) == ("s3cret", "t0ken")
         assert urls["tiktok"].startswith("http://127.0.0.1:")
         children = children_of(process.pid)
         assert len(children) == 2  # the ingest and sender function instances
         body = (SAMPLES / "track.json").read_bytes()
-        answer = httpx.post(urls["ingest"], content=body, headers={"x-signature": signature("s3cret", body)})
+        headers = {"x-signature": signature("s3cret", body), "authorization": "Bearer t0ken"}
+        answer = httpx.post(urls["ingest"], content=body, headers=headers)
         assert (answer.status_code, answer.json()["accepted"]) == (200, 1)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0

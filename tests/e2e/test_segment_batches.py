@@ -22,9 +22,13 @@ def fixture(name: str) -> dict[str, Any]:
     return loaded
 
 
-def post(url: str, fixture: dict[str, Any]) -> httpx.Response:
-    """POST a fixture's body exactly as Node serialised it, with Node's signature."""
-    return httpx.post(url, content=fixture["body"].encode(), headers={"x-signature": fixture["signature"]})
+TOKEN = "segment-bearer-token"
+
+
+def post(url: str, fixture: dict[str, Any], token: str = TOKEN) -> httpx.Response:
+    """POST a fixture's body exactly as Node serialised it, with Node's signature and the webhook token."""
+    headers = {"x-signature": fixture["signature"], "authorization": f"Bearer {token}"}
+    return httpx.post(url, content=fixture["body"].encode(), headers=headers)
 
 
 def delivered_ids(emulator_url: str, expected: int, timeout_s: float = 60) -> list[str]:
@@ -40,7 +44,7 @@ def delivered_ids(emulator_url: str, expected: int, timeout_s: float = 60) -> li
 
 def test_an_actions_batch_signed_over_its_first_element_is_delivered_whole_a_tampered_one_refused() -> None:
     good, tampered = fixture("batch-many"), fixture("batch-first-tampered")
-    with serve("--webhook-secret", good["secret"]) as served:
+    with serve("--webhook-secret", good["secret"], "--webhook-token", TOKEN) as served:
         ingest, emulator = served.urls["ingest"], served.urls["tiktok"]
         refused = post(ingest, tampered)
         assert refused.status_code == 401

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tiktok_bridge.auth import authenticate, first_element, signature, signature_matches, token_matches
+from tiktok_bridge.auth import Proof, authenticate, first_element, signature, signature_proof, token_matches
 from tiktok_bridge.secret import BridgeSecret
+from tiktok_bridge.settings import FirstElementSignature
 
 FIXTURES = {
     p.stem: json.loads(p.read_text())
@@ -27,9 +28,13 @@ def secret(webhook_secret: str = "", webhook_token: str = "") -> BridgeSecret:
 
 
 def check(
-    fixture: dict[str, Any], headers: dict[str, str], creds: BridgeSecret, *, first: bool = True
+    fixture: dict[str, Any],
+    headers: dict[str, str],
+    creds: BridgeSecret,
+    *,
+    first: FirstElementSignature = "without-token",
 ) -> bool:
-    return authenticate(fixture["body"].encode(), headers, creds, accept_first_element=first)
+    return authenticate(fixture["body"].encode(), headers, creds, first_element=first) is not None
 
 
 def bearer(token: str = TOKEN) -> str:
@@ -67,13 +72,35 @@ def test_python_reserialisation_would_not_verify(name: str, ascii: bool) -> None
 @pytest.mark.parametrize("name", [*FIRST_ELEMENT_SIGNED, "batch-later-tampered"])
 def test_first_element_signatures_can_be_turned_off(name: str) -> None:
     fixture = FIXTURES[name]
-    assert not check(fixture, {"X-Signature": fixture["signature"]}, secret(SECRET), first=False)
+    headers = {"X-Signature": fixture["signature"], "Authorization": bearer()}
+    assert not check(fixture, headers, secret(SECRET, TOKEN), first="refused")
 
 
 @pytest.mark.parametrize("name", ["single", "single-pretty", "http-batch", "batch-whole-body-signature"])
-def test_whole_body_signatures_verify_with_first_element_signatures_off(name: str) -> None:
+@pytest.mark.parametrize("first", ["with-token", "without-token", "refused"])
+def test_whole_body_signatures_prove_the_body_in_every_mode(name: str, first: FirstElementSignature) -> None:
     fixture = FIXTURES[name]
-    assert check(fixture, {"X-Signature": fixture["signature"]}, secret(SECRET), first=False)
+    raw, headers = fixture["body"].encode(), {"X-Signature": fixture["signature"]}
+    assert authenticate(raw, headers, secret(SECRET), first_element=first) is Proof.BODY
+
+
+@pytest.mark.parametrize("name", FIRST_ELEMENT_SIGNED)
+def test_a_first_element_signature_needs_the_token_by_default(name: str) -> None:
+    """A captured signature of one event must not carry injected events (issue 11): by default a batch
+    signed over its first element is refused unless the webhook token proves the whole request."""
+    fixture = FIXTURES[name]
+    raw, signed = fixture["body"].encode(), {"X-Signature": fixture["signature"]}
+    assert authenticate(raw, signed, secret(SECRET), first_element="with-token") is None
+    with_token = {**signed, "Authorization": bearer()}
+    assert authenticate(raw, with_token, secret(SECRET, TOKEN), first_element="with-token") is Proof.BODY
+    assert authenticate(raw, signed, secret(SECRET, TOKEN), first_element="with-token") is None
+
+
+@pytest.mark.parametrize("name", FIRST_ELEMENT_SIGNED)
+def test_without_token_a_first_element_signature_proves_only_the_first_event(name: str) -> None:
+    fixture = FIXTURES[name]
+    raw, signed = fixture["body"].encode(), {"X-Signature": fixture["signature"]}
+    assert authenticate(raw, signed, secret(SECRET), first_element="without-token") is Proof.FIRST_ELEMENT
 
 
 def test_later_element_tampering_needs_the_bearer_token_too() -> None:
@@ -136,12 +163,13 @@ def test_missing_signature_is_refused() -> None:
 def test_bearer_and_basic_tokens(header: str, ok: bool) -> None:
     assert token_matches(header, TOKEN) is ok
     headers = {"authorization": header}
-    assert authenticate(b"{}", headers, secret(webhook_token=TOKEN), accept_first_element=True) is ok
+    proof = authenticate(b"{}", headers, secret(webhook_token=TOKEN), first_element="with-token")
+    assert proof is (Proof.BODY if ok else None)
 
 
 def test_authorization_header_name_case_does_not_matter() -> None:
     assert authenticate(
-        b"{}", {"AUTHORIZATION": bearer()}, secret(webhook_token=TOKEN), accept_first_element=True
+        b"{}", {"AUTHORIZATION": bearer()}, secret(webhook_token=TOKEN), first_element="refused"
     )
 
 
@@ -163,10 +191,10 @@ def test_nothing_configured_refuses_everything() -> None:
     assert not check(fixture, {"X-Signature": fixture["signature"], "Authorization": bearer()}, secret())
 
 
-def test_signature_matches_works_on_bytes_not_text() -> None:
+def test_signature_proof_works_on_bytes_not_text() -> None:
     raw = '[{"name":"Zoë 🍮"},{"x":1}]'.encode()
-    assert signature_matches(
-        raw, signature(SECRET, '{"name":"Zoë 🍮"}'.encode()), SECRET, accept_first_element=True
+    assert (
+        signature_proof(raw, signature(SECRET, '{"name":"Zoë 🍮"}'.encode()), SECRET) is Proof.FIRST_ELEMENT
     )
 
 
@@ -184,6 +212,9 @@ def test_signature_matches_works_on_bytes_not_text() -> None:
         (b'{"batch":[{"a":1}]}', None),
         (b"[\xff]", None),
         (b'[{"a":1', None),
+        (b'["a\\"b", 1]', b'"a\\"b"'),
+        (b"[" * 100_000 + b"]" * 100_000, b"[" * 99_999 + b"]" * 99_999),  # no recursion, any depth
+        (b'[{"a":"\\\\"},1]', b'{"a":"\\\\"}'),
     ],
 )
 def test_first_element_finds_the_raw_span(raw: bytes, expected: bytes | None) -> None:

@@ -77,8 +77,32 @@ segment_events = mappable_events | st.fixed_dictionaries(
         "integrations": json_values,
     },
 )
+# Parser breakers (issue 11): nesting at any depth, numbers of any length and exponent, in a real event.
+nested = st.integers(1, 120_000).map(lambda depth: b"[" * depth + b"{}" + b"]" * depth)
+nested_in_event = st.tuples(mappable_events, st.integers(1, 5_000)).map(
+    lambda pair: json.dumps(pair[0]).encode()[:-1] + b',"traits":' + b"[" * pair[1] + b"]" * pair[1] + b"}"
+)
+number_literals = st.builds(
+    lambda sign, digits, fraction, exponent: sign + b"9" * digits + fraction + exponent,
+    st.sampled_from([b"", b"-"]),
+    st.integers(1, 6_000),
+    st.sampled_from([b"", b".5"]),
+    st.sampled_from([b"", b"e308", b"e400", b"e-400", b"E+9999"]),
+)
+long_numbers = st.tuples(
+    mappable_events, number_literals, st.sampled_from(["price", "quantity", "value"])
+).map(
+    lambda t: (
+        json.dumps(t[0]).encode()[:-1]
+        + b',"properties":{"currency":"USD","products":[{"price":%s,"quantity":%s}],"%s":%s}}'
+        % (t[1], t[1], t[2].encode(), t[1])
+    )
+)
 bodies = st.one_of(
     st.binary(max_size=300),
+    nested,
+    nested_in_event,
+    long_numbers,
     json_values.map(json.dumps),
     segment_events.map(json.dumps),
     st.lists(segment_events, max_size=6).map(json.dumps),
@@ -154,11 +178,14 @@ def test_any_request_gets_a_json_answer_and_loses_nothing(
     content_type = {k.lower(): v for k, v in response["headers"].items()}["content-type"]
     answer = json.loads(response["body"])
     event(f"status {status}, accepted {min(answer.get('accepted', 0), 1)}")
-    enqueued = {mapped.event_id for mapped in drain(boto3.client("sqs"), bridge.queue_url)}
+    queued = drain(boto3.client("sqs"), bridge.queue_url)
+    enqueued, queued_data = {mapped.event_id for mapped in queued}, [mapped.data for mapped in queued]
     assert content_type == "application/json" and isinstance(answer, dict)
     if status == 200:
         assert isinstance(answer["rejected"], list) and answer["skipped"] >= 0
         assert len(enqueued) == answer["accepted"]
+        for data in queued_data:  # strict JSON: TikTok refuses NaN and Infinity (40000)
+            json.dumps(data, allow_nan=False)
     elif status == 503:  # only when events could not be enqueued, and they are named
         assert answer["not_enqueued"] and not enqueued & set(answer["not_enqueued"])
     else:

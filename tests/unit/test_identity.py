@@ -6,10 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -292,16 +290,6 @@ def test_a_large_request_reads_100_and_writes_25_keys_a_call(
     send(bridge, *events)
     assert dynamodb_calls == {"BatchGetItem": 3, "BatchWriteItem": 12}  # 300 keys; 300 items
     assert len(items(bridge)) == 300
-
-
-@pytest.fixture
-def ingest_logs() -> Iterator[io.StringIO]:
-    handler = ingest.logger.registered_handler
-    assert isinstance(handler, logging.StreamHandler)
-    stream = io.StringIO()
-    previous = handler.setStream(stream)
-    yield stream
-    handler.setStream(previous)
 
 
 def last_metrics(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:

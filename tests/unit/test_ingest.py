@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,14 @@ from tiktok_bridge.config import ConfigError
 from tiktok_bridge.model import MappedEvent
 from tiktok_bridge.stack import Stack
 
-from events.make_apigw_events import DEMO_WEBHOOK_SECRET, EVENTS_DIR, apigw_event, render, samples
+from events.make_apigw_events import (
+    DEMO_WEBHOOK_SECRET,
+    DEMO_WEBHOOK_TOKEN,
+    EVENTS_DIR,
+    apigw_event,
+    render,
+    samples,
+)
 from tests.conftest import lambda_context
 from tests.unit.test_auth import FIXTURES
 from tests.unit.test_queue import drain, fail_entries
@@ -55,10 +60,13 @@ def invoke(event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     return response["statusCode"], json.loads(response["body"])
 
 
+BEARER = {"Authorization": f"Bearer {DEMO_WEBHOOK_TOKEN}"}
+
+
 def post(body: bytes | str, headers: dict[str, str] | None = None, *, base64_body: bool = False) -> Any:
-    """POST `body`, signed with the demo secret unless `headers` are given."""
+    """POST `body`, signed with the demo secret and with the demo token unless `headers` are given."""
     raw = body.encode() if isinstance(body, str) else body
-    headers = {"X-Signature": signature(DEMO_WEBHOOK_SECRET, raw)} if headers is None else headers
+    headers = {"X-Signature": signature(DEMO_WEBHOOK_SECRET, raw), **BEARER} if headers is None else headers
     return invoke(apigw_event(raw, headers, base64_body=base64_body))
 
 
@@ -69,7 +77,7 @@ def queued(stack: Stack) -> list[MappedEvent]:
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_node_signed_segment_requests(bridge: Stack, name: str) -> None:
     fixture = FIXTURES[name]
-    status, body = post(fixture["body"], {"X-Signature": fixture["signature"]})
+    status, body = post(fixture["body"], {"X-Signature": fixture["signature"], **BEARER})
     if not fixture["valid"]:
         assert (status, body) == (401, {"error": ingest.UNAUTHORIZED})
         assert queued(bridge) == []
@@ -80,11 +88,11 @@ def test_node_signed_segment_requests(bridge: Stack, name: str) -> None:
 
 
 def test_first_element_signatures_off(bridge: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ACCEPT_FIRST_ELEMENT_SIGNATURE", "false")
+    monkeypatch.setenv("FIRST_ELEMENT_SIGNATURE", "refused")
     fixture = FIXTURES["batch-many"]
-    assert post(fixture["body"], {"X-Signature": fixture["signature"]})[0] == 401
+    assert post(fixture["body"], {"X-Signature": fixture["signature"], **BEARER})[0] == 401
     whole = FIXTURES["batch-whole-body-signature"]
-    assert post(whole["body"], {"X-Signature": whole["signature"]})[0] == 200
+    assert post(whole["body"], {"X-Signature": whole["signature"], **BEARER})[0] == 200
 
 
 def test_bearer_token_configured_too(bridge: Stack, bridge_secret: dict[str, str]) -> None:
@@ -121,6 +129,7 @@ def test_missing_headers_and_odd_content_type(bridge: Stack) -> None:
     body = json.dumps(track(1))
     headers = {
         "X-Signature": signature(DEMO_WEBHOOK_SECRET, body.encode()),
+        **BEARER,
         "Content-Type": "text/plain; x=ü",
     }
     assert post(body, headers)[0] == 200
@@ -196,14 +205,16 @@ def test_invalid_base64_is_a_400(bridge: Stack) -> None:
 
 def test_base64_bodies_are_decoded_before_verifying(bridge: Stack) -> None:
     fixture = FIXTURES["batch-non-ascii"]
-    status, body = post(fixture["body"].encode(), {"X-Signature": fixture["signature"]}, base64_body=True)
+    status, body = post(
+        fixture["body"].encode(), {"X-Signature": fixture["signature"], **BEARER}, base64_body=True
+    )
     assert (status, body["accepted"]) == (200, 2)
 
 
 def test_lone_surrogates_in_a_text_body_are_a_400(bridge: Stack) -> None:
     text = '{"type": "track", "messageId": "\ud800"}'
     raw = text.encode("utf-8", "surrogatepass")
-    event = {**apigw_event(b"", {"X-Signature": signature(DEMO_WEBHOOK_SECRET, raw)}), "body": text}
+    event = {**apigw_event(b"", {"X-Signature": signature(DEMO_WEBHOOK_SECRET, raw), **BEARER}), "body": text}
     status, body = invoke(event)
     assert (status, body) == (400, {"error": "body is not UTF-8 text"})
 
@@ -242,6 +253,7 @@ def test_ten_thousand_events(bridge: Stack, monkeypatch: pytest.MonkeyPatch) -> 
 
     Only 1,000 are forwarded because moto, unlike SQS, spends time proportional to its queue length on each
     message; the rest are identify/alias/group/unmapped events, which are mapped and counted as skipped."""
+    monkeypatch.setenv("MAX_EVENTS", "10000")
     monkeypatch.setattr(
         queue, "MAX_WORKERS", 1
     )  # moto's queue is not safe for a consumer running in parallel
@@ -258,6 +270,26 @@ def test_ten_thousand_events(bridge: Stack, monkeypatch: pytest.MonkeyPatch) -> 
     status, body = post(json.dumps(events))
     assert (status, body) == (200, {"accepted": 1_000, "rejected": [], "skipped": 9_000})
     assert sorted(consumed) == sorted(f"msg-{n}" for n in range(0, 10_000, 10))
+
+
+@pytest.mark.parametrize(("limit", "status"), [("4000", 413), ("5000", 200)])
+def test_more_events_than_the_limit_get_413_before_anything_is_enqueued(
+    bridge: Stack, monkeypatch: pytest.MonkeyPatch, limit: str | None, status: int
+) -> None:
+    """Segment drops a batch it cannot deliver in 5 s after hours of retries; a 413 naming the limit tells at
+    once (and the default limit is what `make bench` shows ingest handles in time)."""
+    if limit:
+        monkeypatch.setenv("MAX_EVENTS", limit)
+    events = [
+        track(n) if n < 3 else {"type": "group", "messageId": f"g-{n}", "userId": "u"} for n in range(4001)
+    ]
+    answer = post(json.dumps(events))
+    assert answer[0] == status
+    if status == 413:
+        assert answer[1] == {"error": "body holds 4001 events; the limit is 4000 (MAX_EVENTS)"}
+        assert queued(bridge) == []
+    else:
+        assert {m.event_id for m in queued(bridge)} == {"msg-0", "msg-1", "msg-2"}
 
 
 def test_failed_entries_are_retried(bridge: Stack) -> None:
@@ -290,21 +322,7 @@ def test_event_too_large_for_the_queue_is_rejected_not_retried(bridge: Stack) ->
     status, body = post(json.dumps([track(1), huge]))
     assert status == 200
     assert body["accepted"] == 1
-    assert body["rejected"] == [{"messageId": "msg-2", "reason": ingest.TOO_LARGE_FOR_QUEUE}]
-
-
-@pytest.fixture
-def ingest_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    """What the ingest logger writes, at DEBUG and with the operator switch that logs incoming events."""
-    monkeypatch.setenv("POWERTOOLS_LOGGER_LOG_EVENT", "true")
-    handler = ingest.logger.registered_handler
-    assert isinstance(handler, logging.StreamHandler)
-    previous_level, stream = ingest.logger.log_level, io.StringIO()
-    previous_stream = handler.setStream(stream)
-    ingest.logger.setLevel("DEBUG")
-    yield stream
-    ingest.logger.setLevel(previous_level)
-    handler.setStream(previous_stream)
+    assert body["rejected"] == [{"messageId": "msg-2", "reason": queue.TOO_LARGE}]
 
 
 def test_no_raw_pii_in_logs_queue_or_responses(

@@ -270,7 +270,7 @@ def test_limited_data_use_defaults_to_the_setting() -> None:
         only(map_event(track(), load_config("limited_data_use: true"), now=NOW))["limited_data_use"] is True
     )
     event = track(
-        limited_data_use=False, properties={"limited_data_use": "yes"}
+        limited_data_use=False, properties={"limited_data_use": "maybe"}
     )  # not a boolean: next source
     assert only(map_event(event, load_config("limited_data_use: true"), now=NOW))["limited_data_use"] is False
 

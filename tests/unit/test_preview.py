@@ -152,3 +152,32 @@ def test_help_documents_exit_codes_and_explain() -> None:
     completed = subprocess.run([str(CLI), "preview", "--help"], capture_output=True, text=True, check=True)
     assert "0 nothing rejected, 1 some event rejected, 2 unusable input or config" in completed.stdout
     assert "--explain" in completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[" * 5_000 + b"]" * 5_000, "deeper than the JSON parser allows"),
+        (b'{"type":"track","messageId":"m","properties":{"value":' + b"9" * 5_000 + b"}}", "too many digits"),
+    ],
+)
+def test_hostile_bodies_exit_2_with_a_message_not_a_traceback(body: bytes, message: str) -> None:
+    completed = preview(stdin=body)
+    assert completed.returncode == 2
+    assert message in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_overflowing_sums_are_previewed_as_strict_json() -> None:
+    event = {
+        "type": "track",
+        "event": "Order Completed",
+        "messageId": "m-1",
+        "properties": {
+            "products": [{"product_id": "a", "price": 1e300, "quantity": 1e300}],
+            "currency": "USD",
+        },
+    }
+    completed = preview(stdin=json.dumps(event).encode())
+    assert completed.returncode == 0, completed.stderr
+    json.loads(completed.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the preview"))

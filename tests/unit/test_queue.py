@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import boto3
@@ -184,8 +185,15 @@ def test_send_all_reports_everything_when_the_queue_is_unreachable(sqs: Any, que
     assert drain(sqs, queue_url) == []
 
 
+def test_send_all_sets_aside_events_that_are_not_strict_json(sqs: Any, queue_url: str) -> None:
+    infinite = event(1, properties={"value": math.inf})
+    report = queue.send_all(sqs, queue_url, [event(0), infinite])
+    assert report == queue.SendReport(refused=[(infinite, queue.NOT_JSON)])
+    assert [e.event_id for e in drain(sqs, queue_url)] == ["m-0"]
+
+
 def test_send_all_sets_aside_events_too_large_for_sqs(sqs: Any, queue_url: str) -> None:
     huge = event(1, properties={"description": "x" * queue.MAX_BATCH_BYTES})
     report = queue.send_all(sqs, queue_url, [event(0), huge, event(2)])
-    assert report == queue.SendReport(oversized=[huge])
+    assert report == queue.SendReport(refused=[(huge, queue.TOO_LARGE)])
     assert sorted(e.event_id for e in drain(sqs, queue_url)) == ["m-0", "m-2"]

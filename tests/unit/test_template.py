@@ -121,7 +121,33 @@ def test_secret_generates_the_webhook_secret(cfn: dict[str, Any]) -> None:
     generate = props(cfn, "BridgeSecret")["GenerateSecretString"]
     assert generate["GenerateStringKey"] == "webhook_secret"
     placeholders = json.loads(generate["SecretStringTemplate"])
-    assert placeholders == {"access_token": "", "pixel_code": "", "event_set_id": "", "webhook_token": ""}
+    assert placeholders == {"access_token": "", "pixel_code": "", "event_set_id": ""}
+
+
+def test_the_webhook_token_is_generated_too_and_only_ingest_reads_it(cfn: dict[str, Any]) -> None:
+    """Secure by default: a first-element-signed batch needs the token, so the template generates one."""
+    generate = props(cfn, "WebhookTokenSecret")["GenerateSecretString"]
+    assert generate["GenerateStringKey"] == "webhook_token"
+    assert generate["PasswordLength"] >= 32
+    ingest = props(cfn, "IngestFunction")["Environment"]["Variables"]
+    assert ingest["WEBHOOK_TOKEN_SECRET_ID"] == {"Ref": "WebhookTokenSecret"}
+    assert ingest["FIRST_ELEMENT_SIGNATURE"] == {"Ref": "FirstElementSignature"}
+    assert cfn["Parameters"]["FirstElementSignature"]["Default"] == "with-token"
+
+
+def test_the_event_limit_defaults_agree(cfn: dict[str, Any]) -> None:
+    assert cfn["Parameters"]["MaxEvents"]["Default"] == settings.Settings().max_events
+    ingest = props(cfn, "IngestFunction")["Environment"]["Variables"]
+    assert ingest["MAX_EVENTS"] == {"Ref": "MaxEvents"}
+    sender_reads = json.dumps(statements(cfn, "SenderFunctionRole"))
+    assert "WebhookTokenSecret" not in sender_reads
+
+
+def test_the_sender_dead_letters_before_sqs_would(cfn: dict[str, Any]) -> None:
+    """The sender moves a record to the DLQ itself, with its reason, on the receive SQS would redrive it."""
+    redrive = props(cfn, "EventsQueue")["RedrivePolicy"]
+    sender = props(cfn, "SenderFunction")["Environment"]["Variables"]
+    assert int(sender["MAX_RECEIVE_COUNT"]) == redrive["maxReceiveCount"]
 
 
 def test_environment_names_are_the_ones_settings_reads(cfn: dict[str, Any]) -> None:
@@ -162,6 +188,10 @@ def test_roles_grant_only_what_each_function_needs(cfn: dict[str, Any]) -> None:
         (["sqs:SendMessage*"], queue_arn("EventsQueue")),
         (["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"], {"Fn::GetAtt": ["ProfilesTable", "Arn"]}),
         read_secret,
+        (
+            ["secretsmanager:GetSecretValue"],
+            {"Fn::Sub": ["${secretArn}", {"secretArn": {"Ref": "WebhookTokenSecret"}}]},
+        ),
     ]
     assert statements(cfn, "SenderFunctionRole") == [
         (["sqs:SendMessage*"], queue_arn("EventsDeadLetterQueue")),

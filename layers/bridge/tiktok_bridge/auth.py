@@ -1,7 +1,9 @@
 """Webhook authentication (SPEC §2): Segment's HMAC-SHA1 `X-Signature` and/or a Bearer or Basic token.
 
-Whatever the secret configures must match: `webhook_secret` (signature), `webhook_token` (token), or both.
-With neither configured every request is refused. All comparisons are constant-time.
+Every credential the secret configures must be proven: `webhook_secret` (signature), `webhook_token` (token),
+or both (the template generates both). With neither configured every request is refused. A signature that
+covers only the first element of a batch (Segment's Actions webhook) proves only that element, so it counts
+as `FirstElementSignature` says (settings.py). All comparisons are constant-time.
 """
 
 from __future__ import annotations
@@ -11,29 +13,63 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping
+from enum import Enum
 
 from tiktok_bridge.secret import BridgeSecret
+from tiktok_bridge.settings import FirstElementSignature
 
 _JSON_WHITESPACE = b" \t\n\r"
+# A JSON string (escapes included) or a bracket: enough to find where an element ends, without recursion.
+_STRING_OR_BRACKET = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+_SCALAR = re.compile(rb"[^,\]\s]+")
+
+
+class Proof(Enum):
+    """What an authenticated request proves: every event, or only the first (its signature alone)."""
+
+    BODY = "body"
+    FIRST_ELEMENT = "first element"
+
+
+def _element_end(raw: bytes, start: int) -> int | None:
+    """The end offset of the JSON value starting at `start`; None if it is unterminated or empty.
+
+    Brackets are counted in a loop (no recursion, so any nesting depth is fine); a malformed value can
+    only yield a span no genuine signature covers, and the body parser refuses it afterwards.
+    """
+    if raw[start : start + 1] not in (b"{", b"[", b'"'):
+        scalar = _SCALAR.match(raw, start)
+        if scalar is None:
+            return None
+        try:
+            json.loads(scalar.group())
+        except ValueError:
+            return None
+        return scalar.end()
+    depth = 0
+    for token in _STRING_OR_BRACKET.finditer(raw, start):
+        if token.start() == start and token.group()[:1] == b'"':
+            return token.end()  # the element is a string
+        depth += {b"{": 1, b"[": 1, b"}": -1, b"]": -1}.get(token.group(), 0)
+        if depth == 0:
+            return token.end()
+    return None
 
 
 def first_element(raw: bytes) -> bytes | None:
     """The raw bytes of the first element of a JSON array body, exactly as sent; None if there is none.
 
     Segment's Webhooks (Actions) destination signs `JSON.stringify(events[0])`, which is this span of its
-    `"[" + JSON.stringify(e0) + "," + ...` body. It is located by the decoder, never re-serialised.
+    `"[" + JSON.stringify(e0) + "," + ...` body. It is located, never re-serialised.
     """
     start = len(raw) - len(raw.lstrip(_JSON_WHITESPACE))
     if raw[start : start + 1] != b"[":
         return None
     start = len(raw) - len(raw[start + 1 :].lstrip(_JSON_WHITESPACE))
-    tail = raw[start:].decode("utf-8", "surrogateescape")  # invalid bytes elsewhere keep their offsets
-    try:
-        _, end = json.JSONDecoder().raw_decode(tail)
-    except ValueError:  # not an element, e.g. an empty array
-        return None
-    return raw[start : start + len(tail[:end].encode("utf-8", "surrogateescape"))]
+    end = _element_end(raw, start)
+    return raw[start:end] if end is not None else None
 
 
 def signature(secret: str, payload: bytes) -> str:
@@ -45,13 +81,15 @@ def _same(expected: str, given: str) -> bool:
     return hmac.compare_digest(expected.encode(), given.encode())
 
 
-def signature_matches(raw: bytes, header: str, secret: str, *, accept_first_element: bool) -> bool:
-    """Whether `header` signs the whole body or, if accepted, the body's first array element."""
+def signature_proof(raw: bytes, header: str, secret: str) -> Proof | None:
+    """What `header` signs: the whole body, only its first array element, or neither (None)."""
     given = header.strip().lower()
     if _same(signature(secret, raw), given):
-        return True
-    element = first_element(raw) if accept_first_element else None
-    return element is not None and _same(signature(secret, element), given)
+        return Proof.BODY
+    element = first_element(raw)
+    if element is not None and _same(signature(secret, element), given):
+        return Proof.FIRST_ELEMENT
+    return None
 
 
 def token_matches(header: str, token: str) -> bool:
@@ -70,16 +108,27 @@ def token_matches(header: str, token: str) -> bool:
 
 
 def authenticate(
-    raw: bytes, headers: Mapping[str, str], secret: BridgeSecret, *, accept_first_element: bool
-) -> bool:
-    """Whether the request proves every configured credential (False when none is configured)."""
+    raw: bytes, headers: Mapping[str, str], secret: BridgeSecret, *, first_element: FirstElementSignature
+) -> Proof | None:
+    """What the request proves, or None when it fails a configured credential (or none is configured).
+
+    The token proves the whole request; a first-element signature counts only with the token, or alone
+    when `first_element` is "without-token" (then it proves the first event only).
+    """
     headers = {name.lower(): value for name, value in headers.items()}
     webhook_secret = secret.webhook_secret.get_secret_value()
     webhook_token = secret.webhook_token.get_secret_value()
     if not webhook_secret and not webhook_token:
-        return False
-    signed = not webhook_secret or signature_matches(
-        raw, headers.get("x-signature", ""), webhook_secret, accept_first_element=accept_first_element
-    )
-    tokened = not webhook_token or token_matches(headers.get("authorization", ""), webhook_token)
-    return signed and tokened
+        return None
+    if webhook_token and not token_matches(headers.get("authorization", ""), webhook_token):
+        return None
+    if not webhook_secret:
+        return Proof.BODY
+    proof = signature_proof(raw, headers.get("x-signature", ""), webhook_secret)
+    if proof is Proof.FIRST_ELEMENT:
+        if first_element == "refused":
+            return None
+        if webhook_token:
+            return Proof.BODY
+        return proof if first_element == "without-token" else None
+    return proof

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiktok_bridge.model import EventSource, Route
+from tiktok_bridge.scrub import DEFAULT_PII_PARAMETERS, Scrubber, parameter_key
 from tiktok_bridge.segment import Path, describe_errors
 
 ContentsMode = Literal["single", "multi", "auto", "none"]
@@ -245,6 +246,23 @@ class Destination(_Strict):
     test_event_code: str | None = Field(default=None, min_length=1, max_length=100)
 
 
+class Scrub(_Strict):
+    """Email addresses, phone numbers and PII query parameters out of forwarded free text (scrub.py)."""
+
+    enabled: bool = True
+    # Query parameter names removed from page URLs whatever their value (any spelling: `first_name` matches
+    # `firstName`); the default list is scrub.DEFAULT_PII_PARAMETERS. Names containing `email` or `phone`
+    # are always removed.
+    query_parameters: list[str] = sorted(DEFAULT_PII_PARAMETERS)
+
+    @field_validator("query_parameters")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        if not all(parameter_key(name) for name in value):
+            raise ValueError("a query parameter name needs a letter or a digit")
+        return value
+
+
 class Identity(_Strict):
     """Server-side Identify: per-user profiles of match keys that enrich later events (docs/identity.md)."""
 
@@ -306,6 +324,7 @@ class Plan:
     limited_data_use: bool
     phone_region: str | None
     lowercase_external_id: bool
+    scrubber: Scrubber | None  # None: scrubbing is off
 
     def rules_for(self, event_type: str, name: str | None) -> tuple[Rule, ...]:
         """Rules for an event's type and name (track: `event`; page/screen: `name`), before conditions."""
@@ -328,6 +347,7 @@ class BridgeConfig(_Strict):
     fields: dict[str, list[str]] = {}
     identity: Identity = Identity()
     consent: Consent = Consent()
+    scrub: Scrub = Scrub()
 
     @model_validator(mode="before")
     @classmethod
@@ -416,6 +436,7 @@ class BridgeConfig(_Strict):
             limited_data_use=self.limited_data_use,
             phone_region=self.phone_default_region,
             lowercase_external_id=self.lowercase_external_id,
+            scrubber=Scrubber(frozenset(self.scrub.query_parameters)) if self.scrub.enabled else None,
         )
 
 

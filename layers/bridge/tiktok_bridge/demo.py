@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 
-from tiktok_bridge.auth import signature
 from tiktok_bridge.config import BridgeConfig
 from tiktok_bridge.identity import COVERAGE_KEYS, coverage
 from tiktok_bridge.local import DeadLetter, LocalStack, LocalStackError
@@ -54,16 +53,12 @@ class Ingested:
 
 
 def send_samples(local: LocalStack, samples: Iterable[Path], out: Any) -> Ingested:
-    """POST each sample file's bytes, signed with the stack's webhook secret."""
+    """POST each sample file's bytes, signed with the stack's webhook secret and with its token."""
     ingested = Ingested()
     with httpx.Client(timeout=30) as client:
         for path in samples:
             body = path.read_bytes()
-            headers = {
-                "content-type": "application/json",
-                "x-signature": signature(local.webhook_secret, body),
-            }
-            response = client.post(local.ingest_url, content=body, headers=headers)
+            response = client.post(local.ingest_url, content=body, headers=local.webhook_headers(body))
             print(f"  {path.name:<28} HTTP {response.status_code}  {response.text[:100]}", file=out)
             ingested.add(path.name, response)
     return ingested

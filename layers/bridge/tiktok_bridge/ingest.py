@@ -23,7 +23,7 @@ from tiktok_bridge import auth, identity, queue, segment
 from tiktok_bridge.config import BridgeConfig, load_config
 from tiktok_bridge.mapping import map_events
 from tiktok_bridge.model import MappedEvent, MappingResult, Outcome
-from tiktok_bridge.secret import SecretError, fetch_secret
+from tiktok_bridge.secret import BridgeSecret, SecretError, fetch_secret
 from tiktok_bridge.settings import Settings
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 ROUTE = "/v1/events"
 UNAUTHORIZED = "invalid or missing signature/token"
-TOO_LARGE_FOR_QUEUE = f"mapped event exceeds the queue's {queue.MAX_BATCH_BYTES}-byte message limit"
 
 logger = Logger()
 metrics = Metrics(namespace="TikTokBridge")
@@ -73,10 +72,10 @@ def request_body(body: str | None, is_base64: bool) -> bytes:
 
 def answer(received: int, result: MappingResult, report: queue.SendReport) -> Answer:
     """The response; `accepted` counts events (by `event_id`) whose every mapped copy was enqueued."""
-    oversized = {mapped.event_id for mapped in report.oversized}
-    not_enqueued = list(dict.fromkeys(m.event_id for m in report.failed if m.event_id not in oversized))
-    rejected = [*result.rejected, *(Outcome(event_id, TOO_LARGE_FOR_QUEUE) for event_id in oversized)]
-    accepted = len({mapped.event_id for mapped in result.forwarded} - oversized - set(not_enqueued))
+    refused = {mapped.event_id: reason for mapped, reason in report.refused}
+    not_enqueued = list(dict.fromkeys(m.event_id for m in report.failed if m.event_id not in refused))
+    rejected = [*result.rejected, *(Outcome(event_id, reason) for event_id, reason in refused.items())]
+    accepted = len({mapped.event_id for mapped in result.forwarded} - set(refused) - set(not_enqueued))
     counts = {
         "Received": received,
         "Accepted": accepted,
@@ -98,6 +97,15 @@ def answer(received: int, result: MappingResult, report: queue.SendReport) -> An
     return {"error": "some events could not be enqueued; retry", "not_enqueued": not_enqueued, **body}, 503
 
 
+def credentials(settings: Settings) -> BridgeSecret:
+    """The webhook credentials: the bridge secret, with the token from its own generated secret when set."""
+    secret = fetch_secret(settings.secret_id)
+    if not settings.webhook_token_secret_id:
+        return secret
+    token = fetch_secret(settings.webhook_token_secret_id).webhook_token
+    return secret.model_copy(update={"webhook_token": token})
+
+
 @app.post(ROUTE)
 def receive() -> Answer:
     """Authenticate, parse, map and enqueue one Segment request."""
@@ -109,23 +117,27 @@ def receive() -> Answer:
     if len(raw) > settings.max_body_bytes:
         return error(413, f"body is {len(raw)} bytes; the limit is {settings.max_body_bytes}")
     try:
-        secret = fetch_secret(settings.secret_id)
+        secret = credentials(settings)
     except SecretError as exc:
         logger.error("cannot read the bridge secret", extra={"reason": str(exc)})
         return error(503, "authentication is temporarily unavailable; retry")
-    accept_first = settings.accept_first_element_signature
-    if not auth.authenticate(raw, event.headers, secret, accept_first_element=accept_first):
+    proof = auth.authenticate(raw, event.headers, secret, first_element=settings.first_element_signature)
+    if proof is None:
         logger.warning("request refused: " + UNAUTHORIZED)
         return error(401, UNAUTHORIZED)
     try:
         events = segment.parse_body(raw)
     except segment.BodyError as exc:
         return error(400, str(exc))
+    if len(events) > settings.max_events:
+        return error(413, f"body holds {len(events)} events; the limit is {settings.max_events} (MAX_EVENTS)")
     config = runtime().config
     consented, refused = identity.split_by_consent(events, config.consent.required_categories)
     result = map_events(consented, config)
     result.skipped.extend(refused)
-    result.forwarded = identified(consented, result.forwarded, config, len(refused))
+    # A first-element signature proves the first event only: the others never write or link profiles.
+    trusted = consented if proof is auth.Proof.BODY else [e for e in consented[:1] if e is events[0]]
+    result.forwarded = identified(trusted, result.forwarded, config, len(refused))
     return answer(len(events), result, queue.send_all(runtime().sqs, settings.queue_url, result.forwarded))
 
 

@@ -22,6 +22,21 @@ from tiktok_bridge.model import MappedEvent, MappingResult, Outcome, Route
 from tiktok_bridge.segment import FORWARDABLE_TYPES, EventError, Path, message_id_of, parse_event
 
 Converter = Callable[[Any], Any]  # source value -> TikTok value, or None (omitted: try the next source)
+Scrub = Callable[[str], tuple[str, tuple[str, ...]]]  # free text -> (scrubbed, notes), see scrub.py
+# Forwarded free text (SPEC §4.2): URLs, and text in which a customer or a site may write an email or phone.
+SCRUBBED_URLS = frozenset({"page.url", "page.referrer"})
+SCRUBBED_TEXT = frozenset(
+    {
+        "user.user_agent",
+        "properties.query",
+        "properties.description",
+        "properties.order_id",
+        "properties.shop_id",
+        "contents.content_name",
+        "contents.content_category",
+        "contents.brand",
+    }
+)
 CONTENT_TYPES = frozenset({"product", "product_group"})
 OFFLINE_IDENTIFIERS = ("email", "phone", "external_id")
 OFFLINE_NEEDS_ID = "offline event needs a valid email, phone or external_id"
@@ -55,10 +70,6 @@ def _event_time(value: Any) -> int | None:
     return int(moment.timestamp())
 
 
-def _flag(value: Any) -> bool | None:
-    return value if isinstance(value, bool) else None
-
-
 def _location(value: Any) -> str | None:
     raw = normalize.text(value)
     return normalize.letters_digits(raw) if raw else None
@@ -88,7 +99,7 @@ def _converters(plan: Plan) -> dict[str, Converter]:
     return {
         "event_id": text,
         "event_time": _event_time,
-        "limited_data_use": _flag,
+        "limited_data_use": normalize.flag,
         "user.external_id": lambda value: normalize.hashed(value, external_id),
         "user.email": lambda value: normalize.hashed_many(value, normalize.email),
         "user.phone": lambda value: normalize.hashed_many(value, phone_hash_input),
@@ -130,15 +141,22 @@ class _Field:
     name: str  # its name inside its group, e.g. "email"
     paths: tuple[Path, ...]
     convert: Converter
+    scrub: Scrub | None = None
 
     def first(self, data: Mapping[str, Any], sources: dict[str, str], prefix: str = "") -> Any:
-        """The converted value of the first source path holding a usable value; notes that path."""
+        """The converted (and scrubbed) value of the first source path holding a usable value; notes that
+        path, and what scrubbing removed (never a value)."""
         for path in self.paths:
             value = path.get(data)
             if value is not None:
                 value = self.convert(value)
                 if value is not None:
-                    if self.key not in sources:
+                    notes: tuple[str, ...] = ()
+                    if self.scrub is not None:
+                        value, notes = self.scrub(value)
+                    if notes:
+                        sources[self.key] = f"{prefix}{path.text} (scrubbed: {', '.join(notes)})"
+                    elif self.key not in sources:
                         sources[self.key] = prefix + path.text
                     return value
         return None
@@ -171,9 +189,13 @@ _OFFLINE_ONLY = ("user.lead_id",)
 
 @lru_cache(maxsize=16)
 def _fields(plan: Plan) -> _Fields:
-    converters = _converters(plan)
+    converters, scrubber = _converters(plan), plan.scrubber
+    scrubs: dict[str, Scrub] = {}
+    if scrubber is not None:
+        scrubs = {**dict.fromkeys(SCRUBBED_URLS, scrubber.url), **dict.fromkeys(SCRUBBED_TEXT, scrubber.text)}
     compiled = {
-        key: _Field(key, key.partition(".")[2], paths, converters[key]) for key, paths in plan.sources.items()
+        key: _Field(key, key.partition(".")[2], paths, converters[key], scrubs.get(key))
+        for key, paths in plan.sources.items()
     }
 
     def group(prefix: str) -> tuple[_Field, ...]:
@@ -250,6 +272,8 @@ def _rules(plan: Plan, event_type: str, name: str | None, raw: Mapping[str, Any]
         return rules
     if not (plan.forward_unmapped and event_type == "track" and name):
         return f"no trigger matches this {event_type} event"
+    if plan.scrubber is not None:  # the name becomes a TikTok event name: no email or phone in it either
+        name = plan.scrubber.text(name)[0]
     custom = custom_event_name(name)
     if custom is None:
         return "unmapped event name has no letter to build a custom event name from"
@@ -257,7 +281,18 @@ def _rules(plan: Plan, event_type: str, name: str | None, raw: Mapping[str, Any]
 
 
 def map_event(raw: object, config: BridgeConfig, *, now: float | None = None) -> EventMapping:
-    """Map one raw Segment event; `now` (Unix seconds) is the event time when the event has none."""
+    """Map one raw Segment event; `now` (Unix seconds) is the event time when the event has none.
+
+    Whatever goes wrong inside rejects this event with a reason (the error's type, never its message,
+    which could quote a value) and never the request.
+    """
+    try:
+        return _map_event(raw, config, now)
+    except Exception as error:  # a bug or an input no rule foresaw: one event's loss, with a reason
+        return EventMapping(message_id_of(raw), rejected=[f"could not be mapped ({type(error).__name__})"])
+
+
+def _map_event(raw: object, config: BridgeConfig, now: float | None) -> EventMapping:
     try:
         event = parse_event(raw)
     except EventError as error:

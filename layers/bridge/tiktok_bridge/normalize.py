@@ -23,6 +23,10 @@ _ZIP_NOISE = re.compile(r"[\s-]+")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _CHINA = 86  # TikTok: numbers with country code 86 are sent as the national number, without the code
+# A larger magnitude is no price, quantity or value; the bound keeps sums finite (requests are strict JSON).
+MAX_NUMBER = 1e15
+_TRUE = frozenset({"true", "t", "yes", "y", "on", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "off", "0"})
 
 
 def text(value: object) -> str | None:
@@ -35,18 +39,32 @@ def text(value: object) -> str | None:
 
 
 def number(value: object) -> int | float | None:
-    """A finite number from a number or a numeric string; None otherwise (booleans are not numbers)."""
+    """A number of magnitude at most MAX_NUMBER from a number or a numeric string; None otherwise (booleans
+    are not numbers, nor NaN and infinities)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
+        return value if -MAX_NUMBER <= value <= MAX_NUMBER else None
     if isinstance(value, float | str):
         try:
             parsed = float(value)
         except ValueError:
             return None
-        if math.isfinite(parsed):
+        if -MAX_NUMBER <= parsed <= MAX_NUMBER:  # False for NaN too
             return parsed
+    return None
+
+
+def flag(value: object) -> bool | None:
+    """A boolean from `true`/`false`, 1/0 and the usual spellings (`"yes"`, `"on"`, `"1"`...); None for
+    anything else, so the next source or the deployment's default applies."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return True if value == 1 else False if value == 0 else None
+    if isinstance(value, str):
+        word = value.strip().lower()
+        return True if word in _TRUE else False if word in _FALSE else None
     return None
 
 

@@ -39,7 +39,11 @@ class SendReport:
     """What `send_all` could not enqueue. Both lists empty means everything is durably queued."""
 
     failed: list[MappedEvent] = field(default_factory=list)  # transient: SQS kept failing through the retries
-    oversized: list[MappedEvent] = field(default_factory=list)  # permanent: larger than an SQS message allows
+    refused: list[tuple[MappedEvent, str]] = field(default_factory=list)  # permanent, with the reason
+
+
+TOO_LARGE = f"mapped event exceeds the queue's {MAX_BATCH_BYTES}-byte message limit"
+NOT_JSON = "mapped event holds a number JSON cannot carry (NaN or Infinity)"
 
 
 def _string_attribute(value: str) -> dict[str, str]:
@@ -47,14 +51,15 @@ def _string_attribute(value: str) -> dict[str, str]:
 
 
 def encode(mapped: MappedEvent, entry_id: str) -> dict[str, Any]:
-    """A SendMessageBatch entry for `mapped` (ASCII-only JSON, so every character is valid in SQS)."""
+    """A SendMessageBatch entry for `mapped`: strict, ASCII-only JSON (every character is valid in SQS);
+    ValueError for NaN or an infinity, which TikTok refuses."""
     attributes = {
         "event_source": _string_attribute(mapped.route.event_source),
         "source_id_key": _string_attribute(mapped.route.source_id_key),
     }
     if mapped.route.test_event_code:
         attributes["test_event_code"] = _string_attribute(mapped.route.test_event_code)
-    body = json.dumps(mapped.data, separators=(",", ":"))
+    body = json.dumps(mapped.data, separators=(",", ":"), allow_nan=False)
     return {"Id": entry_id, "MessageBody": body, "MessageAttributes": attributes}
 
 
@@ -135,9 +140,13 @@ def send_all(
     by_id: dict[str, MappedEvent] = {}
     pending: list[dict[str, Any]] = []
     for index, mapped in enumerate(events):
-        entry = encode(mapped, str(index))
+        try:
+            entry = encode(mapped, str(index))
+        except ValueError:
+            report.refused.append((mapped, NOT_JSON))
+            continue
         if entry_size(entry) > MAX_BATCH_BYTES:
-            report.oversized.append(mapped)
+            report.refused.append((mapped, TOO_LARGE))
             continue
         by_id[entry["Id"]] = mapped
         pending.append(entry)

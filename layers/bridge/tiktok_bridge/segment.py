@@ -38,6 +38,10 @@ def parse_body(raw: bytes) -> list[object]:
         raise BodyError(
             f"body is not valid JSON ({error.msg} at line {error.lineno} column {error.colno})"
         ) from None
+    except RecursionError:
+        raise BodyError("body nests objects or arrays deeper than the JSON parser allows") from None
+    except ValueError:  # Python's limit on integer digits (sys.get_int_max_str_digits)
+        raise BodyError("body holds a number with too many digits") from None
     if isinstance(body, list):
         return body
     if isinstance(body, dict):
@@ -99,7 +103,6 @@ class SegmentEvent(_Lenient):
     traits: dict[str, Any] | None = None
     context: Context | None = None
     integrations: dict[str, Any] | None = None
-    limited_data_use: bool | None = None
 
 
 def describe_errors(error: ValidationError) -> str:

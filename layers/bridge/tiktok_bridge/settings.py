@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 DEFAULT_TIKTOK_BASE_URL = "https://business-api.tiktok.com"
+# How a signature over only the first element of a batch (Segment's Actions webhook) counts (SPEC §2):
+# with-token: only together with the webhook token; without-token: alone, but events 2..n are then never
+# used to write or link Identify profiles; refused: never (whole-body signatures only).
+FirstElementSignature = Literal["with-token", "without-token", "refused"]
 
 
 class SettingsError(ValueError):
@@ -26,15 +31,13 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = env.get(name, "").strip().lower()
     if not raw:
         return default
-    if raw in {"true", "1", "yes"}:
-        return True
-    if raw in {"false", "0", "no"}:
-        return False
-    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,11 @@ class Settings:
     tiktok_base_url: str = DEFAULT_TIKTOK_BASE_URL
     tiktok_timeout_s: int = 10
     max_body_bytes: int = 5_000_000
-    accept_first_element_signature: bool = True
+    max_events: int = 400
+    first_element_signature: FirstElementSignature = "with-token"
+    webhook_token_secret_id: str = ""
     profiles_table: str = ""
+    max_receive_count: int = 5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +69,13 @@ class Settings:
             tiktok_timeout_s=_int(env, "TIKTOK_TIMEOUT_S", 10, 1, 300),
             # API Gateway HTTP API caps bodies at 10 MB and a synchronous Lambda payload at 6 MB.
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 5_000_000, 1_024, 6_000_000),
-            accept_first_element_signature=_bool(env, "ACCEPT_FIRST_ELEMENT_SIGNATURE", True),
+            # What ingest enqueues within Segment's 5 s with margin: `make bench`, ingest.safe_max_events.
+            max_events=_int(env, "MAX_EVENTS", 400, 1, 100_000),
+            first_element_signature=_choice(  # type: ignore[arg-type]
+                env, "FIRST_ELEMENT_SIGNATURE", "with-token", get_args(FirstElementSignature)
+            ),
+            webhook_token_secret_id=env.get("WEBHOOK_TOKEN_SECRET_ID", ""),
             profiles_table=env.get("PROFILES_TABLE", ""),
+            # The source queue's maxReceiveCount: the sender dead-letters a record itself before SQS would.
+            max_receive_count=_int(env, "MAX_RECEIVE_COUNT", 5, 1, 1000),
         )

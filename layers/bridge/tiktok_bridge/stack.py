@@ -30,6 +30,7 @@ LOCAL_ACCOUNT_ID = "123456789012"  # moto's default account
 DEFAULT_STACK_NAME = "tiktok-bridge"
 
 QUEUE_ID, DLQ_ID, SECRET_ID = "EventsQueue", "EventsDeadLetterQueue", "BridgeSecret"
+TOKEN_SECRET_ID = "WebhookTokenSecret"
 INGEST_ID, SENDER_ID = "IngestFunction", "SenderFunction"
 
 # CloudFormation AWS::SQS::Queue properties that are SQS attributes of the same name.
@@ -121,6 +122,7 @@ class Stack:
     queue_arn: str
     dlq_url: str
     secret_id: str
+    token_secret_id: str | None  # the generated webhook token's own secret, if the template has one
     visibility_timeout_s: int
     max_receive_count: int
     sender_batch_size: int
@@ -145,12 +147,17 @@ class Stack:
         return {**self.ingest.environment, **self.sender.environment}
 
     def put_secret(self, values: Mapping[str, Any]) -> None:
-        """Replace the secret's value (JSON of `values`) and drop Powertools' cached copy of it."""
+        """Replace the secrets' values and drop Powertools' cached copies: `webhook_token` goes to the token's
+        own secret when the template has one (empty there when `values` has none), the rest to the bridge
+        secret."""
         from aws_lambda_powertools.utilities import parameters
 
-        self.client("secretsmanager").put_secret_value(
-            SecretId=self.secret_id, SecretString=json.dumps(dict(values))
-        )
+        values = dict(values)
+        secrets_manager = self.client("secretsmanager")
+        if self.token_secret_id:
+            token = {"webhook_token": values.pop("webhook_token", "")}
+            secrets_manager.put_secret_value(SecretId=self.token_secret_id, SecretString=json.dumps(token))
+        secrets_manager.put_secret_value(SecretId=self.secret_id, SecretString=json.dumps(values))
         parameters.clear_caches()  # type: ignore[no-untyped-call]
 
 
@@ -192,6 +199,9 @@ def create_stack(
         queue_arn=builder.attributes(QUEUE_ID)["Arn"],
         dlq_url=builder.attributes(DLQ_ID)["Ref"],
         secret_id=builder.attributes(SECRET_ID)["Ref"],
+        token_secret_id=(
+            builder.attributes(TOKEN_SECRET_ID)["Ref"] if TOKEN_SECRET_ID in builder.resources else None
+        ),
         visibility_timeout_s=int(queue.get("VisibilityTimeout", 30)),
         max_receive_count=int(redrive.get("maxReceiveCount", 0)),
         sender_batch_size=int(sqs_event.get("BatchSize", 10)),
