@@ -8,36 +8,39 @@ script from rotting; its figures mean nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import random
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from tiktok_bridge import segment
-from tiktok_bridge.auth import signature
+from tiktok_bridge import auth, identity, ingest, queue, segment
 from tiktok_bridge.config import BridgeConfig
-from tiktok_bridge.local import LocalStack
+from tiktok_bridge.local import LambdaContext, LocalStack
 from tiktok_bridge.mapping import map_events
+from tiktok_bridge.stack import INGEST_ID, create_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
 UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko)"
 CATEGORIES = ("Shoes", "Accessories", "Outdoor", "Kitchen")
-TOKEN = "bench-token"
 MAX_ATTEMPTS = 3  # per webhook, as Segment retries a 5xx
 
 # --- the workload -------------------------------------------------------------------------------------------
@@ -120,9 +123,10 @@ def _event(rng: random.Random, index: int) -> dict[str, Any]:
     return event
 
 
-def workload(count: int, seed: int = 5) -> list[dict[str, Any]]:
+def workload(count: int, seed: int = 5, first: int = 0) -> list[dict[str, Any]]:
+    """`count` events of the mix, for the users numbered `first`, `first + 1`..."""
     rng = random.Random(seed)
-    return [_event(rng, index) for index in range(count)]
+    return [_event(rng, first + index) for index in range(count)]
 
 
 def _best(run: Callable[[], object], repeats: int) -> float:
@@ -364,11 +368,7 @@ def _post(local: LocalStack, bodies: Sequence[bytes]) -> tuple[list[dict[str, An
     answers, retries = [], 0
     with httpx.Client(timeout=60) as client:
         for body in bodies:
-            headers = {
-                "content-type": "application/json",
-                "authorization": f"Bearer {TOKEN}",
-                "x-signature": signature(local.webhook_secret, body),
-            }
+            headers = local.webhook_headers(body)
             for _ in range(MAX_ATTEMPTS):
                 response = client.post(local.ingest_url, content=body, headers=headers)
                 if response.status_code < 500:
@@ -414,7 +414,7 @@ def bench_pipeline(
     """Unbatched webhooks (1 event each), then `count` events in Segment batches of `batch`, sustained."""
     events = workload(count + unbatched, seed=9)
     calls = AwsCalls()
-    local_stack = LocalStack(webhook_token=TOKEN, batching_window_s=window_s, moto_middleware=calls)
+    local_stack = LocalStack(batching_window_s=window_s, moto_middleware=calls)
     with moto_sqs_speedups(), local_stack as local:
         assert local.emulator is not None
         pids = _workers()
@@ -546,6 +546,311 @@ def cost_per_million(
     return {**parts, "total": sum(parts.values())}
 
 
+# --- ingest by webhook size ---------------------------------------------------------------------------------
+
+INGEST_SIZES = (1, 100, 1_000, 4_000)
+QUICK_INGEST_SIZES = (1, 10, 40)
+SEGMENT_TIMEOUT_S = 5.0
+# Half of Segment's timeout: the rest is margin for a cold start and a slower DynamoDB and SQS than moto.
+INGEST_BUDGET_S = SEGMENT_TIMEOUT_S / 2
+MAX_EVENTS_LIMIT = 100_000  # the MAX_EVENTS setting's upper bound
+BENCH_WEBHOOK_SECRET, BENCH_WEBHOOK_TOKEN = "bench-webhook-secret", "bench-webhook-token"
+# The handler's stages, as ingest.py reaches them (`map_events` is imported into ingest by name).
+STAGES: dict[str, tuple[Any, str]] = {
+    "auth": (auth, "authenticate"),
+    "parse": (segment, "parse_body"),
+    "map": (ingest, "map_events"),
+    "identify": (identity, "identify"),
+    "enqueue": (queue, "send_all"),
+}
+
+
+def new_users(count: int, first: int) -> list[dict[str, Any]]:
+    """The first `count` events of the workload (the same events for a given count, so that repeats are
+    alike), but from users `first`.. with nothing in common: anonymous ids, random in the workload, come from
+    the user's number, and so do the +44 phone numbers, which repeat every 10,000 users in the workload."""
+    events = workload(count, first=first)
+    for index, event in enumerate(events, first):
+        event["anonymousId"] = f"anon-{index:012x}"
+        for traits in (event["context"]["traits"], event.get("traits") or {}):
+            if str(traits.get("phone", "")).startswith("+44"):
+                traits["phone"] = f"+44 20 7{index % 10_000_000:07d}"
+    return events
+
+
+def actions_batch(events: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The API Gateway (payload 2.0) event of a Segment Webhooks (Actions) batch: a bare array as JavaScript
+    writes it, `X-Signature` over its first element only, and the token as `Authorization: Bearer`."""
+    elements = [json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() for event in events]
+    body = b"[" + b",".join(elements) + b"]"
+    user_agent, route = "Segment.io/1.0", f"POST {ingest.ROUTE}"
+    return {
+        "version": "2.0",
+        "routeKey": route,
+        "rawPath": ingest.ROUTE,
+        "rawQueryString": "",
+        "headers": {
+            "content-type": "application/json",
+            "user-agent": user_agent,
+            "x-signature": auth.signature(BENCH_WEBHOOK_SECRET, elements[0]),
+            "authorization": f"Bearer {BENCH_WEBHOOK_TOKEN}",
+        },
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "bench",
+            "http": {
+                "method": "POST",
+                "path": ingest.ROUTE,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "54.186.0.1",
+                "userAgent": user_agent,
+            },
+            "requestId": f"bench-{events[0]['messageId']}",
+            "routeKey": route,
+            "stage": "$default",
+            "timeEpoch": int(time.time() * 1000),
+        },
+        "body": body.decode(),
+        "isBase64Encoded": False,
+    }
+
+
+def serve_moto() -> int:
+    """`--serve-moto`: moto's server (with the bench's SQS speedups) on a free port, until killed or until
+    stdin closes (the parent is gone); prints its URL first."""
+
+    def exit_with_parent() -> None:
+        sys.stdin.read()
+        os._exit(0)
+
+    from tiktok_bridge.local import moto_server, url_of
+
+    with moto_sqs_speedups():
+        server = moto_server(0)
+        print(url_of(server), flush=True)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # nothing more into the parent's pipe
+        threading.Thread(target=exit_with_parent, daemon=True).start()
+        server.serve_forever()
+    return 0
+
+
+@contextmanager
+def moto_process() -> Iterator[str]:
+    """The URL of a moto server running in a child process, so that this process's CPU time is the
+    handler's alone."""
+    env = {**os.environ, "MOTO_SQS_ENFORCE_STRICT_QUEUE_PURGE_BEHAVIOUR": "false"}
+    command = [sys.executable, str(Path(__file__).resolve()), "--serve-moto"]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    ) as child:
+        try:
+            assert child.stdout is not None
+            url = child.stdout.readline().strip()
+            if not url.startswith("http://"):
+                raise RuntimeError(f"the moto server did not start (exit code {child.poll()})")
+            yield url
+        finally:
+            child.terminate()  # then Popen's exit closes the pipes and waits
+
+
+@contextmanager
+def handler_environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` as this process's environment on top of the current one (no AWS profile or endpoint
+    overrides), a fresh default boto3 session, ingest runtime and Powertools caches; all restored after."""
+    from aws_lambda_powertools.utilities import parameters
+
+    saved, session = dict(os.environ), boto3.DEFAULT_SESSION
+    for name in [name for name in os.environ if name == "AWS_PROFILE" or name.startswith("AWS_ENDPOINT_URL")]:
+        del os.environ[name]
+    os.environ.update(values)
+    boto3.DEFAULT_SESSION = None
+
+    def fresh() -> None:
+        ingest.runtime.cache_clear()
+        parameters.clear_caches()  # type: ignore[no-untyped-call]
+
+    fresh()
+    try:
+        yield
+    finally:
+        fresh()
+        os.environ.clear()
+        os.environ.update(saved)
+        boto3.DEFAULT_SESSION = session
+
+
+@contextmanager
+def quiet_handler() -> Iterator[None]:
+    """The handler's log lines and metrics (stdout on Lambda) still formatted, but written to /dev/null."""
+    handler = ingest.logger.registered_handler
+    if not isinstance(handler, logging.StreamHandler):
+        raise RuntimeError(f"ingest's logger writes through {type(handler).__name__}, not a stream")
+    with open(os.devnull, "w", encoding="utf-8") as devnull, redirect_stdout(devnull):
+        original = handler.setStream(devnull) or devnull
+        try:
+            yield
+        finally:
+            handler.setStream(original)
+
+
+class StageTimer:
+    """For the bench only: the handler's STAGES wrapped where ingest looks them up, adding up the CPU time
+    (`time.process_time`, every thread) and keeping the last return value of each."""
+
+    def __init__(self) -> None:
+        self.cpu_s: dict[str, float] = {}
+        self.returned: dict[str, Any] = {}
+
+    def _timed(self, stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.process_time()
+            try:
+                self.returned[stage] = function(*args, **kwargs)
+                return self.returned[stage]
+            finally:
+                self.cpu_s[stage] = self.cpu_s.get(stage, 0.0) + time.process_time() - start
+
+        return timed
+
+    @contextmanager
+    def installed(self) -> Iterator[StageTimer]:
+        originals = {stage: getattr(module, name) for stage, (module, name) in STAGES.items()}
+        for stage, (module, name) in STAGES.items():
+            setattr(module, name, self._timed(stage, originals[stage]))
+        try:
+            yield self
+        finally:
+            for stage, (module, name) in STAGES.items():
+                setattr(module, name, originals[stage])
+
+    def reset(self) -> None:
+        self.cpu_s.clear()
+        self.returned.clear()
+
+
+def deployed_s(cpu_s: float, wall_s: float, memory_mb: int) -> float:
+    """The handler's duration on Lambda at `memory_mb`, from its duration here.
+
+    Lambda gives a function one full vCPU at 1,769 MB and a share proportional to its memory below that, so
+    the CPU time stretches by 1,769 / MemorySize (this machine's core counted as one vCPU), while the rest
+    of the wall time, waiting on DynamoDB and SQS (moto here), does not scale.
+    """
+    return cpu_s * max(1.0, FULL_VCPU_MB / memory_mb) + max(0.0, wall_s - cpu_s)
+
+
+def per_event_s(points: dict[int, float]) -> float:
+    """Seconds per event: the slope of the line through the 1-event point that best fits (least squares)
+    the larger sizes' points."""
+    one, larger = points[1], [(events, s) for events, s in points.items() if events > 1]
+    return sum((n - 1) * (s - one) for n, s in larger) / sum((n - 1) ** 2 for n, _ in larger)
+
+
+def largest_within(points: dict[int, float], budget_s: float) -> int:
+    """The largest event count whose duration, on that line, stays within `budget_s`; rounded down to a
+    hundred, at most MAX_EVENTS_LIMIT."""
+    one, slope = points[1], per_event_s(points)
+    if one > budget_s:
+        return 0
+    if slope <= 0:
+        return MAX_EVENTS_LIMIT
+    return min(MAX_EVENTS_LIMIT, int((1 + (budget_s - one) / slope) // 100 * 100))
+
+
+def _ingest_once(timer: StageTimer, events: list[dict[str, Any]], memory_mb: int) -> dict[str, float]:
+    """One webhook of `events` through the handler, here; its figures. Raises unless every event is
+    accepted, enqueued, and Identify wrote profiles."""
+    request = actions_batch(events)
+    context = LambdaContext(
+        function_name=INGEST_ID,
+        memory_limit_in_mb=memory_mb,
+        invoked_function_arn=f"arn:aws:lambda:us-east-1:123456789012:function:{INGEST_ID}",
+        aws_request_id=request["requestContext"]["requestId"],
+        deadline=time.monotonic() + 60,
+    )
+    timer.reset()
+    wall, cpu = time.perf_counter(), time.process_time()
+    response = ingest.lambda_handler(request, context)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    answer = json.loads(response["body"])
+    report = timer.returned.get("identify")
+    if (
+        response["statusCode"] != 200
+        or answer["rejected"]
+        or answer["accepted"] + answer["skipped"] != len(events)
+    ):
+        raise RuntimeError(f"ingest answered HTTP {response['statusCode']}: {response['body'][:300]}")
+    if report is None or report.error is not None or not report.written:
+        raise RuntimeError(f"Identify wrote no profiles: {getattr(report, 'error', 'not called')}")
+    stages = {f"{stage}_cpu_ms": 1000 * timer.cpu_s.get(stage, 0.0) for stage in STAGES}
+    return {
+        "wall_ms": 1000 * wall,
+        "cpu_ms": 1000 * cpu,
+        **stages,
+        "other_cpu_ms": 1000 * cpu - sum(stages.values()),
+        "deployed_ms": 1000 * deployed_s(cpu, wall, memory_mb),
+        "full_vcpu_ms": 1000 * deployed_s(cpu, wall, FULL_VCPU_MB),
+        "body_bytes": len(request["body"]),
+        "profiles_written": report.written,
+    }
+
+
+def bench_ingest_sizes(sizes: Sequence[int], repeats: int) -> dict[str, Any]:
+    """The ingest handler in this process on Segment Actions batches of each size, every event from a new
+    user (Identify on), against the template's resources in a moto server in a child process. Best (least
+    deployed duration) of `repeats`, interleaved, after one warm-up call."""
+    key_id = secret = "local"
+    session = boto3.session.Session(key_id, secret, region_name="us-east-1")
+    users = 0
+
+    def fresh(count: int) -> list[dict[str, Any]]:
+        nonlocal users
+        users += count
+        return new_users(count, users - count)
+
+    with moto_process() as url:
+        stack = create_stack(endpoint_url=url, session=session)
+        stack.put_secret({"webhook_secret": BENCH_WEBHOOK_SECRET, "webhook_token": BENCH_WEBHOOK_TOKEN})
+        memory_mb, sqs = stack.ingest.memory_mb, stack.client("sqs")
+        env = stack.environment() | {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": key_id,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_REGION": stack.region,
+            "AWS_DEFAULT_REGION": stack.region,
+            "MAX_EVENTS": str(max(int(stack.ingest.environment.get("MAX_EVENTS") or 0), *sizes)),
+        }
+        if not env.get("PROFILES_TABLE"):
+            raise RuntimeError("the template's ingest function has no PROFILES_TABLE: Identify would be off")
+        best: dict[int, dict[str, float]] = {}
+        with handler_environment(env), quiet_handler(), StageTimer().installed() as timer:
+            _ingest_once(timer, fresh(min(100, max(sizes))), memory_mb)  # imports, clients, the secret
+            for _ in range(repeats):  # interleaved, so that a busy moment hurts every size alike
+                for size in sizes:
+                    sqs.purge_queue(QueueUrl=stack.queue_url)  # moto's SQS slows as its queue grows
+                    figures = _ingest_once(timer, fresh(size), memory_mb)
+                    if size not in best or figures["deployed_ms"] < best[size]["deployed_ms"]:
+                        best[size] = figures
+    deployed = {size: row["deployed_ms"] / 1000 for size, row in best.items()}
+    full_vcpu = {size: row["full_vcpu_ms"] / 1000 for size, row in best.items()}
+    return {
+        "memory_mb": memory_mb,
+        "budget_s": INGEST_BUDGET_S,
+        "safe_max_events": largest_within(deployed, INGEST_BUDGET_S),
+        "safe_max_events_full_vcpu": largest_within(full_vcpu, INGEST_BUDGET_S),
+        "deployed_ms_at_1_event": 1000 * deployed[1],
+        "deployed_ms_per_event": 1000 * per_event_s(deployed),
+        "full_vcpu_ms_per_event": 1000 * per_event_s(full_vcpu),
+        "repeats": repeats,
+        "model": (
+            f"deployed = CPU x max(1, {FULL_VCPU_MB}/memory_mb) + (wall - CPU), CPU and wall of the handler "
+            "here against moto; safe_max_events: the line through the 1-event point with the least-squares "
+            "per-event slope of the larger sizes, within budget_s, rounded down to a hundred"
+        ),
+        "by_size": {f"{size}_events": row for size, row in sorted(best.items())},
+    }
+
+
 # --- the run ------------------------------------------------------------------------------------------------
 
 TARGETS = {
@@ -562,6 +867,7 @@ def run(quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {"quick": quick}
     results["mapping"] = bench_mapping(300 if quick else 20_000, 2 if quick else 7)
     results["cold_start"] = bench_cold_start(1 if quick else 7)
+    results["ingest"] = bench_ingest_sizes(QUICK_INGEST_SIZES if quick else INGEST_SIZES, 1 if quick else 3)
     # Webhooks of 100 events: larger ones outlast ingest's 10 s Timeout against moto's SQS on a busy 2-core
     # machine. --quick shortens the batching window (the template's otherwise) so tails do not wait 5 s.
     batch = 20 if quick else 100
@@ -620,6 +926,11 @@ ROWS = (
     ("cold_start.sender_over_boto3_ms", "sender - boto3, ms (target <= 150)", "{:.0f}"),
     ("cold_start.ingest_peak_rss_mb", "ingest process peak RSS, MB", "{:.0f}"),
     ("cold_start.sender_peak_rss_mb", "sender process peak RSS, MB", "{:.0f}"),
+    ("ingest.deployed_ms_at_1_event", "ingest, 1-event webhook at MemorySize, ms", "{:.0f}"),
+    ("ingest.deployed_ms_per_event", "ingest per event at MemorySize, ms", "{:.2f}"),
+    ("ingest.safe_max_events", "safe_max_events (MAX_EVENTS) at MemorySize", "{:,.0f}"),
+    ("ingest.full_vcpu_ms_per_event", "ingest per event at 1,769 MB, ms", "{:.2f}"),
+    ("ingest.safe_max_events_full_vcpu", "safe_max_events at 1,769 MB", "{:,.0f}"),
     ("identity.dynamodb_batch_get_per_webhook", "Identify BatchGetItem calls per webhook", "{:.2f}"),
     ("identity.dynamodb_batch_write_per_webhook", "Identify BatchWriteItem calls per webhook", "{:.2f}"),
     ("cpu.ingest_ms_per_unbatched_webhook", "ingest CPU per 1-event webhook, ms", "{:.2f}"),
@@ -638,7 +949,35 @@ def table(results: dict[str, Any]) -> str:
         )
         lines.append(f"{label:<46} {style.format(_value(results, key)):>12}{mark}")
     lines.append("prices: " + ", ".join(f"{name} ${price}" for name, price in PRICES.items()))
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *size_table(results["ingest"])])
+
+
+SIZE_COLUMNS = (
+    ("wall_ms", "wall"),
+    ("cpu_ms", "CPU"),
+    *((f"{stage}_cpu_ms", stage) for stage in STAGES),
+    ("other_cpu_ms", "other"),
+    ("deployed_ms", "@memory"),
+    ("full_vcpu_ms", "@1769MB"),
+)
+
+
+def size_table(figures: dict[str, Any]) -> list[str]:
+    """Ingest by webhook size, in ms: wall and CPU here, CPU by stage, and the deployed estimates."""
+    memory_mb = figures["memory_mb"]
+    lines = [
+        f"ingest by webhook size, ms (Identify on, new users; @memory = {memory_mb} MB: "
+        f"CPU x {FULL_VCPU_MB}/{memory_mb} + I/O wait)",
+        f"{'events':>7}" + "".join(f"{label:>9}" for _, label in SIZE_COLUMNS),
+    ]
+    for name, row in figures["by_size"].items():
+        events = int(name.partition("_")[0])
+        lines.append(f"{events:>7,}" + "".join(f"{row[key]:>9.1f}" for key, _ in SIZE_COLUMNS))
+    lines.append(
+        f"safe_max_events (within {figures['budget_s']} s at {memory_mb} MB): "
+        f"{figures['safe_max_events']:,}; at {FULL_VCPU_MB} MB: {figures['safe_max_events_full_vcpu']:,}"
+    )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -647,7 +986,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (figures meaningless)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
+    parser.add_argument("--serve-moto", action="store_true", help=argparse.SUPPRESS)  # bench_ingest_sizes
     args = parser.parse_args(argv)
+    if args.serve_moto:
+        return serve_moto()
     results = run(args.quick)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
