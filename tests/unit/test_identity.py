@@ -116,7 +116,7 @@ def test_an_anonymous_external_id_is_not_taken_for_the_user(bridge: Stack) -> No
     # the anonymous page comes after the identify: its external_id (the anonymousId's hash) is newer
     send(bridge, identify(1, userId=USER, anonymousId=ANON), page(1, anonymousId=ANON, offset_s=-60))
     for item in items(bridge):
-        assert item["fields"]["M"]["external_id"]["M"]["v"]["S"] == sha256(USER)
+        assert json.loads(item["profile"]["S"])["fields"]["external_id"]["v"] == sha256(USER)
 
 
 def test_alias_links_the_previous_id(bridge: Stack) -> None:
@@ -386,21 +386,23 @@ def test_forget_reports_bad_arguments_and_aws_errors(
 
 def test_hostile_items_in_the_table_are_ignored_not_fatal(bridge: Stack) -> None:
     key = f"user#{sha256(USER)}"
-    garbage: dict[str, Any] = {
-        "pk": {"S": key},
-        "fields": {
-            "M": {
-                "email": {"M": {"v": {"N": "1"}, "t": {"N": "1"}}},
-                "ip": {"M": {"v": {"S": "x"}, "t": {"N": "1"}}},
-                "phone": {"S": "x"},
-            }
-        },
-        "links": {"S": "not-a-list"},
-        "expires_at": {"N": str(int(NOW) + DAY)},
-    }
-    boto3.client("dynamodb").put_item(TableName=table_of(bridge), Item=garbage)
-    [event] = send(bridge, purchase(1, userId=USER))
-    assert set(event["user"]) == {"external_id"}
+    profiles = [
+        {"fields": {"email": {"v": 1, "t": 1}, "ip": {"v": "x", "t": 1}, "phone": "x"}, "links": "no list"},
+        {"fields": {"email": {"v": "a" * 64, "t": "yesterday"}, "phone": {"v": ["b"], "t": True}}},
+        {"fields": []},
+        [],
+    ]
+    texts = [*map(json.dumps, profiles), "not json", "[" * 10_000]
+    expires = {"N": str(int(NOW) + DAY)}
+    for text in texts:
+        item = {"pk": {"S": key}, "profile": {"S": text}, "expires_at": expires}
+        boto3.client("dynamodb").put_item(TableName=table_of(bridge), Item=item)
+        [event] = send(bridge, purchase(1, userId=USER))
+        assert set(event["user"]) == {"external_id"}, text
+    for item in ({"pk": {"S": key}, "expires_at": expires}, {"pk": {"S": key}, "profile": {"N": "1"}}):
+        boto3.client("dynamodb").put_item(TableName=table_of(bridge), Item=item)
+        [event] = send(bridge, purchase(1, userId=USER))
+        assert set(event["user"]) == {"external_id"}
 
 
 def test_an_expired_item_is_not_used(bridge: Stack) -> None:

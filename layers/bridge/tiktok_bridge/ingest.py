@@ -12,7 +12,6 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.logging import correlation_paths
@@ -54,7 +53,7 @@ def runtime() -> Runtime:
     profiles = None
     if settings.profiles_table and config.identity.enabled:
         profiles = identity.ProfileStore(identity.client(), settings.profiles_table)
-    return Runtime(settings, config, boto3.client("sqs"), profiles)
+    return Runtime(settings, config, queue.client(), profiles)
 
 
 def error(status: int, message: str) -> Answer:

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, get_args
 
+import boto3
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tiktok_bridge.model import EventSource, MappedEvent, Route
@@ -28,6 +30,12 @@ BACKOFF_S = 0.05
 # Segment's 5 s timeout. Stays below botocore's default pool of 10 connections.
 MAX_WORKERS = 8
 _EVENT_SOURCES: tuple[str, ...] = get_args(EventSource)
+
+
+def client() -> SQSClient:
+    """An SQS client for the calls made here: their parameters are built by this module, so botocore's
+    client-side validation (a large share of ingest's CPU on a big webhook) is off."""
+    return boto3.client("sqs", config=Config(parameter_validation=False))
 
 
 class QueueFormatError(ValueError):
