@@ -1,5 +1,6 @@
 """`make bench`: mapping throughput against a floor, TikTok batching and end-to-end throughput through the
-local stack, handler cold start, and an AWS cost estimate, all measured in one run.
+local stack, handler cold start, and the AWS bill per million events (every service, CloudWatch Logs and
+custom metrics included), all measured in one run.
 
 Prints a table and writes `bench/results.json`. `--quick` is a seconds-long run for the test that keeps this
 script from rotting; its figures mean nothing.
@@ -15,14 +16,16 @@ import logging
 import math
 import os
 import random
+import re
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, redirect_stdout
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, redirect_stdout, suppress
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -33,9 +36,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from tiktok_bridge import auth, identity, ingest, queue, segment
 from tiktok_bridge.config import BridgeConfig
-from tiktok_bridge.local import LambdaContext, LocalStack
+from tiktok_bridge.local import LambdaContext, LambdaWorker, LocalStack
 from tiktok_bridge.mapping import map_events
-from tiktok_bridge.stack import INGEST_ID, create_stack
+from tiktok_bridge.stack import INGEST_ID, create_stack, load_template
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
@@ -408,15 +411,97 @@ class AwsCalls(Counter[str]):
         return counting
 
 
+Series = tuple[str, str, tuple[tuple[str, str], ...]]  # (namespace, metric name, sorted dimensions)
+
+
+def emf_series(blob: Mapping[str, Any]) -> set[Series]:
+    """The CloudWatch metric series one Embedded Metric Format blob writes: one per metric name and
+    dimension set (`_aws.CloudWatchMetrics[].Dimensions`, values from the blob's top level)."""
+    found: set[Series] = set()
+    aws = blob.get("_aws")
+    directives = (aws.get("CloudWatchMetrics") or []) if isinstance(aws, dict) else []
+    for directive in directives:
+        for dimensions in directive.get("Dimensions") or [[]]:
+            named = tuple(sorted((str(name), str(blob.get(name, ""))) for name in dimensions))
+            for metric in directive.get("Metrics") or []:
+                found.add((str(directive.get("Namespace", "")), str(metric["Name"]), named))
+    return found
+
+
+class LogMeter:
+    """For the bench only: what each function writes to its log stream (its stdout and stderr, which the
+    local stack's workers forward line by line), in UTF-8 bytes with the newline and in lines, and the custom
+    metric series of the EMF blobs among them."""
+
+    def __init__(self) -> None:
+        self.bytes: Counter[str] = Counter()
+        self.lines: Counter[str] = Counter()
+        self.emf_bytes: Counter[str] = Counter()
+        self.series: set[Series] = set()
+        self._lock = threading.Lock()
+
+    def install(self, workers: Mapping[str, LambdaWorker]) -> None:
+        """Count every line the workers forward from now on (they look `_log` up for each line)."""
+        for function, worker in workers.items():
+            worker._log = self._counting(function, worker._log)
+
+    def _counting(self, function: str, forward: Callable[[str], None]) -> Callable[[str], None]:
+        def counted(line: str) -> None:
+            self.count(function, line)
+            forward(line)
+
+        return counted
+
+    def count(self, function: str, line: str) -> None:
+        size = len(line.encode("utf-8")) + 1
+        blob = None
+        if line.startswith("{") and '"_aws"' in line:
+            with suppress(ValueError):
+                blob = json.loads(line)
+        with self._lock:
+            self.bytes[function] += size
+            self.lines[function] += 1
+            if isinstance(blob, dict):
+                self.emf_bytes[function] += size
+                self.series |= emf_series(blob)
+
+    def snapshot(self) -> dict[str, Counter[str]]:
+        with self._lock:
+            return {
+                "bytes": Counter(self.bytes),
+                "lines": Counter(self.lines),
+                "emf": Counter(self.emf_bytes),
+            }
+
+
+def _quiesce(local: LocalStack, timeout_s: float = 10) -> None:
+    """Wait until no function is mid-invocation, then a moment for the last log lines to be forwarded."""
+    deadline = time.monotonic() + timeout_s
+    while any(worker.busy for worker in local.workers.values()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+
+
+def _per_invocation(logs: dict[str, Counter[str]], function: str, invocations: int) -> dict[str, float]:
+    """A function's log bytes, EMF bytes and lines per invocation over one phase."""
+    n = max(invocations, 1)
+    return {
+        "bytes": logs["bytes"][function] / n,
+        "emf_bytes": logs["emf"][function] / n,
+        "lines": logs["lines"][function] / n,
+    }
+
+
 def bench_pipeline(
     count: int, batch: int, unbatched: int, window_s: float | None = None
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Unbatched webhooks (1 event each), then `count` events in Segment batches of `batch`, sustained."""
     events = workload(count + unbatched, seed=9)
-    calls = AwsCalls()
+    calls, meter = AwsCalls(), LogMeter()
     local_stack = LocalStack(batching_window_s=window_s, moto_middleware=calls)
     with moto_sqs_speedups(), local_stack as local:
         assert local.emulator is not None
+        meter.install(local.workers)
         pids = _workers()
         cpu = {name: _cpu_s(pid) for name, pid in pids.items()}
 
@@ -424,8 +509,10 @@ def bench_pipeline(
         answers, retries = _post(local, single)
         single_accepted = sum(answer["accepted"] for answer in answers)
         _settle(local, single_accepted, 120)
+        _quiesce(local)
         single_cpu = {name: _cpu_s(pid) - cpu[name] for name, pid in pids.items()}
         single_delivered = _delivered(local)
+        single_logs, single_ingests = meter.snapshot(), unbatched + retries
         local.emulator.reset()
         assert local.event_source is not None
         invocations = local.event_source.invocations
@@ -439,18 +526,26 @@ def bench_pipeline(
         retries += more_retries
         accepted = sum(answer["accepted"] for answer in answers)
         done = _settle(local, accepted, 300)
+        _quiesce(local)
         batched_cpu = {name: _cpu_s(pid) - cpu[name] for name, pid in pids.items()}
+        batched_logs = {kind: meter.snapshot()[kind] - single_logs[kind] for kind in single_logs}
         delivered, dead = _delivered(local), len(local.dlq_messages())
         requests = local.emulator.request_count
-        posted = sum(len(body["data"]) for body in local.emulator.accepted_requests())
+        bodies_posted = local.emulator.accepted_requests()
+        posted = sum(len(body["data"]) for body in bodies_posted)
+        tiktok_bytes = sum(len(json.dumps(body, separators=(",", ":")).encode()) for body in bodies_posted)
         rss = {name: _peak_rss_mb(pid) for name, pid in pids.items()}
         invocations = local.event_source.invocations - invocations
         stack = local.stack
+    ingest_single = _per_invocation(single_logs, "ingest", single_ingests)
+    ingest_batched = _per_invocation(batched_logs, "ingest", len(bodies) + more_retries)
+    sender_batched = _per_invocation(batched_logs, "sender", invocations)
     return {
         "delivery": {
             "events_per_request": posted / requests,
             "requests_per_1000_events": 1000 * requests / posted,
             "tiktok_requests": requests,
+            "tiktok_bytes_per_event": tiktok_bytes / max(posted, 1),
             "batch_size": stack.sender_batch_size,
             "batching_window_s": stack.sender_batching_window_s,
         },
@@ -484,6 +579,29 @@ def bench_pipeline(
             "sender_memory_mb": stack.sender.memory_mb,
             "ingest_peak_rss_mb": rss["ingest"],
             "sender_peak_rss_mb": rss["sender"],
+            # Secrets each instance reads (every SECRET_CACHE_S): ingest the bridge secret and the token's.
+            "ingest_secrets_read": 1 + bool(stack.token_secret_id),
+            "sender_secrets_read": 1,
+        },
+        "logs": {
+            # What the handlers write (Powertools JSON lines and EMF blobs), per invocation; Lambda's own
+            # START/END/REPORT lines (LAMBDA_PLATFORM_LOG_BYTES) come on top, in the cost model.
+            "ingest_bytes_per_unbatched_invocation": ingest_single["bytes"],
+            "ingest_bytes_per_batched_invocation": ingest_batched["bytes"],
+            "ingest_emf_bytes_per_batched_invocation": ingest_batched["emf_bytes"],
+            "ingest_lines_per_batched_invocation": ingest_batched["lines"],
+            "sender_bytes_per_invocation": sender_batched["bytes"],
+            "sender_emf_bytes_per_invocation": sender_batched["emf_bytes"],
+            "sender_lines_per_invocation": sender_batched["lines"],
+            "sender_invocations": invocations,
+            "platform_bytes_per_invocation": LAMBDA_PLATFORM_LOG_BYTES,
+        },
+        "metrics": {
+            "series": len(meter.series),
+            "names": sorted(
+                f"{namespace}/{name}" + "".join(f" {key}={value}" for key, value in dimensions)
+                for namespace, name, dimensions in meter.series
+            ),
         },
     }
 
@@ -497,11 +615,50 @@ PRICES = {
     "lambda_usd_per_million_requests": 0.20,
     "sqs_standard_usd_per_million_requests": 0.40,  # each 64 KB chunk of a payload is one request
     "secrets_manager_usd_per_10k_calls": 0.05,
+    "dynamodb_on_demand_usd_per_million_rru": 0.125,  # 0.5 RRU per eventually consistent read of <= 4 KB
+    "dynamodb_on_demand_usd_per_million_wru": 0.625,  # 1 WRU per KB written, per item
+    "cloudwatch_logs_ingestion_usd_per_gb": 0.50,  # Standard log class
+    "data_transfer_out_usd_per_gb": 0.09,  # to the internet (TikTok), first 10 TB/month
+    # By the month, whatever the volume:
+    "cloudwatch_custom_metric_usd_per_month": 0.30,  # first 10,000 metrics; prorated by the hour
+    "cloudwatch_alarm_usd_per_month": 0.10,  # standard resolution
+    "secrets_manager_usd_per_secret_month": 0.40,
 }
+GB = 1024**3
 API_GATEWAY_METER_BYTES = 512 * 1024
 FULL_VCPU_MB = 1769  # Lambda gives one full vCPU at 1,769 MB; less memory gets a proportional share
 SECRET_CACHE_S = 300  # Powertools keeps the secret 5 minutes per instance
 ASSUMED_EVENTS_PER_S = 100  # only for the Secrets Manager line: how long a million events take
+# Lambda's own lines per invocation in the text log format (the template sets no LoggingConfig): START
+# (~70 bytes), END (~52) and REPORT (~150; ~175 with a cold start's Init Duration). Not measured here.
+LAMBDA_PLATFORM_LOG_BYTES = 300
+DYNAMODB_READ_UNIT_BYTES, DYNAMODB_WRITE_UNIT_BYTES = 4096, 1024
+COST_SIZES = (1, 100, 1_000, 4_000)  # events per webhook
+BATCHED_SIZE = 100  # `usd_per_million_batched`: the pipeline's webhook size, within the template's MaxEvents
+MONTHLY_EVENTS = (10_000_000, 100_000_000)  # for the fixed monthly costs per million events
+# Typical values of API Gateway's $context variables, to size an access-log line of a template's format.
+ACCESS_LOG_SAMPLES = {
+    "requestId": "JKJaXmPLvHcESHA=",
+    "extendedRequestId": "JKJaXmPLvHcESHA=",
+    "identity.sourceIp": "54.186.12.34",
+    "identity.userAgent": "Segment.io/1.0",
+    "requestTime": "15/Jan/2026:09:58:00 +0000",
+    "requestTimeEpoch": "1768471080",
+    "httpMethod": "POST",
+    "routeKey": "POST /v1/events",
+    "path": "/v1/events",
+    "protocol": "HTTP/1.1",
+    "status": "200",
+    "responseLength": "64",
+    "responseLatency": "45",
+    "integrationLatency": "42",
+    "integrationStatus": "200",
+    "integrationErrorMessage": "-",
+    "error.message": "-",
+    "domainName": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com",
+    "stage": "$default",
+    "apiId": "a1b2c3d4e5",
+}
 
 
 def _lambda_usd(cpu_s: float, memory_mb: int, invocations: float) -> float:
@@ -513,7 +670,7 @@ def _lambda_usd(cpu_s: float, memory_mb: int, invocations: float) -> float:
     )
 
 
-def ingest_ms(cpu: dict[str, float], events_per_webhook: int) -> float:
+def ingest_ms(cpu: Mapping[str, float], events_per_webhook: int) -> float:
     """Ingest CPU ms for one webhook of `events_per_webhook` events, on the line through the two measured
     points (1-event webhooks, and webhooks of `cpu["events_per_batched_webhook"]`)."""
     one, batched = cpu["ingest_ms_per_unbatched_webhook"], cpu["ingest_ms_per_batched_webhook"]
@@ -521,27 +678,131 @@ def ingest_ms(cpu: dict[str, float], events_per_webhook: int) -> float:
     return one + per_event * (events_per_webhook - 1)
 
 
-def cost_per_million(
-    cpu: dict[str, float], events_per_webhook: int, bytes_per_event: float
-) -> dict[str, float]:
+def dynamodb_item_bytes(item: Mapping[str, Mapping[str, Any]]) -> int:
+    """An item's size as DynamoDB bills it: each attribute's name plus its value (UTF-8 strings, binary
+    bytes; a number takes 1 byte per 2 significant digits plus 1)."""
+    size = 0
+    for name, value in item.items():
+        size += len(name.encode())
+        if "S" in value:
+            size += len(str(value["S"]).encode())
+        elif "N" in value:
+            digits = str(value["N"]).lstrip("-").replace(".", "").strip("0") or "0"
+            size += (len(digits) + 1) // 2 + 1
+        elif "B" in value:
+            size += len(value["B"])
+        else:
+            size += len(json.dumps(value))  # types identity.py does not write; roughly
+    return size
+
+
+def access_log_format(template: Mapping[str, Any]) -> str | None:
+    """The access-log format of the template's HTTP API (a SAM HttpApi or an ApiGatewayV2 stage), or None
+    when it logs no access."""
+    for resource in template.get("Resources", {}).values():
+        if not isinstance(resource, dict):
+            continue
+        if resource.get("Type") not in {"AWS::Serverless::HttpApi", "AWS::ApiGatewayV2::Stage"}:
+            continue
+        settings = (resource.get("Properties") or {}).get("AccessLogSettings")
+        form = settings.get("Format") if isinstance(settings, dict) else None
+        if isinstance(form, dict) and isinstance(form.get("Fn::Sub"), str):
+            form = form["Fn::Sub"]
+        if form:
+            return form if isinstance(form, str) else json.dumps(form)
+    return None
+
+
+def access_log_bytes(form: str) -> int:
+    """One access-log line of `form`, with a newline, each $context variable replaced by a typical value."""
+    line = re.sub(
+        r"\$context\.([A-Za-z0-9_.]*[A-Za-z0-9_])",
+        lambda match: ACCESS_LOG_SAMPLES.get(match.group(1), "x" * 16),
+        form,
+    )
+    return len(line.encode()) + 1
+
+
+def per_webhook(inputs: Mapping[str, Any], events_per_webhook: int) -> dict[str, Any]:
+    """One webhook's figures: ingest CPU, body, DynamoDB units and ingest log bytes.
+
+    From `ingest.by_size` when that size was measured; otherwise the CPU lies on the line through the
+    pipeline's two points, and body and DynamoDB units scale per event from the largest size measured.
+    Ingest's log bytes are the pipeline's, of 1-event webhooks for 1 event, of batched ones otherwise (its
+    lines hold counts, not events).
+    """
+    logs, by_size = inputs["logs"], inputs["by_size"]
+    log_bytes = logs[
+        "ingest_bytes_per_unbatched_invocation"
+        if events_per_webhook == 1
+        else "ingest_bytes_per_batched_invocation"
+    ]
+    row = by_size.get(f"{events_per_webhook}_events")
+    if row is not None:
+        measured = {key: row[key] for key in ("body_bytes", "dynamodb_rru", "dynamodb_wru")}
+        return {
+            "source": "ingest.by_size",
+            "ingest_cpu_ms": row["cpu_ms"],
+            **measured,
+            "log_bytes": log_bytes,
+        }
+    largest = max(by_size, key=lambda name: int(name.partition("_")[0]))
+    scale = events_per_webhook / int(largest.partition("_")[0])
+    return {
+        "source": "extrapolated",
+        "ingest_cpu_ms": ingest_ms(inputs["cpu"], events_per_webhook),
+        **{key: by_size[largest][key] * scale for key in ("body_bytes", "dynamodb_rru", "dynamodb_wru")},
+        "log_bytes": log_bytes,
+    }
+
+
+def cost_per_million(inputs: Mapping[str, Any], events_per_webhook: int) -> dict[str, float]:
     """USD per million Segment events received, by service, for webhooks of `events_per_webhook` events."""
+    cpu, logs, size = inputs["cpu"], inputs["logs"], per_webhook(inputs, events_per_webhook)
     events, forwarded = 1e6, 1e6 * cpu["forwarded_per_event"]
     webhooks = events / events_per_webhook
-    metered = math.ceil(events_per_webhook * bytes_per_event / API_GATEWAY_METER_BYTES)
+    senders = forwarded / cpu["sender_events_per_invocation"]
+    metered = math.ceil(size["body_bytes"] / API_GATEWAY_METER_BYTES)
     sends = forwarded / min(events_per_webhook, 10)  # SendMessageBatch of ≤ 10 (each ≤ 64 KB)
-    secret_calls = 2 * events / ASSUMED_EVENTS_PER_S / SECRET_CACHE_S  # one instance of each function
+    # One instance of each function, each reading its secrets once per SECRET_CACHE_S.
+    secret_calls = (cpu["ingest_secrets_read"] + cpu["sender_secrets_read"]) * (
+        events / ASSUMED_EVENTS_PER_S / SECRET_CACHE_S
+    )
+    log_bytes = webhooks * (
+        size["log_bytes"] + LAMBDA_PLATFORM_LOG_BYTES + inputs["access_log_bytes_per_request"]
+    ) + senders * (logs["sender_bytes_per_invocation"] + LAMBDA_PLATFORM_LOG_BYTES)
     parts = {
         "api_gateway": webhooks * metered * PRICES["api_gateway_http_usd_per_million_requests"] / 1e6,
         "lambda_ingest": _lambda_usd(
-            webhooks * ingest_ms(cpu, events_per_webhook) / 1000, int(cpu["ingest_memory_mb"]), webhooks
+            webhooks * size["ingest_cpu_ms"] / 1000, int(cpu["ingest_memory_mb"]), webhooks
         ),
         "lambda_sender": _lambda_usd(
-            forwarded * cpu["sender_ms_per_event"] / 1000,
-            int(cpu["sender_memory_mb"]),
-            forwarded / cpu["sender_events_per_invocation"],
+            forwarded * cpu["sender_ms_per_event"] / 1000, int(cpu["sender_memory_mb"]), senders
         ),
         "sqs": (sends + 2 * forwarded / 10) * PRICES["sqs_standard_usd_per_million_requests"] / 1e6,
         "secrets_manager": secret_calls * PRICES["secrets_manager_usd_per_10k_calls"] / 1e4,
+        "dynamodb": webhooks
+        * (
+            size["dynamodb_rru"] * PRICES["dynamodb_on_demand_usd_per_million_rru"]
+            + size["dynamodb_wru"] * PRICES["dynamodb_on_demand_usd_per_million_wru"]
+        )
+        / 1e6,
+        "cloudwatch_logs": log_bytes / GB * PRICES["cloudwatch_logs_ingestion_usd_per_gb"],
+        "data_transfer_out": forwarded
+        * inputs["tiktok_bytes_per_event"]
+        / GB
+        * PRICES["data_transfer_out_usd_per_gb"],
+    }
+    return {**parts, "total": sum(parts.values())}
+
+
+def monthly_fixed(template: Mapping[str, Any], metric_series: int) -> dict[str, float]:
+    """USD per month whatever the volume: the custom metric series, the template's alarms and secrets."""
+    types = Counter(r.get("Type") for r in template.get("Resources", {}).values() if isinstance(r, dict))
+    parts = {
+        "custom_metrics": metric_series * PRICES["cloudwatch_custom_metric_usd_per_month"],
+        "alarms": types["AWS::CloudWatch::Alarm"] * PRICES["cloudwatch_alarm_usd_per_month"],
+        "secrets": types["AWS::SecretsManager::Secret"] * PRICES["secrets_manager_usd_per_secret_month"],
     }
     return {**parts, "total": sum(parts.values())}
 
@@ -729,6 +990,54 @@ class StageTimer:
         self.returned.clear()
 
 
+class DynamoDbMeter:
+    """For the bench only: the profile keys Identify reads (`ProfileStore.load`) and the items it writes
+    (`identity.to_item`), kept as they pass and sized after the call, so the handler's time barely changes."""
+
+    def __init__(self) -> None:
+        self.keys_read = 0
+        self.items: list[dict[str, Any]] = []
+
+    @contextmanager
+    def installed(self) -> Iterator[DynamoDbMeter]:
+        load, to_item = identity.ProfileStore.load, identity.to_item
+
+        def counted_load(store: identity.ProfileStore, keys: Any, now: float) -> Any:
+            self.keys_read += len(keys)
+            return load(store, keys, now)
+
+        def kept_item(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            item = to_item(*args, **kwargs)
+            self.items.append(item)
+            return item
+
+        setattr(identity.ProfileStore, "load", counted_load)  # noqa: B010 (mypy: no method assignment)
+        setattr(identity, "to_item", kept_item)  # noqa: B010
+        try:
+            yield self
+        finally:
+            setattr(identity.ProfileStore, "load", load)  # noqa: B010
+            setattr(identity, "to_item", to_item)  # noqa: B010
+
+    def reset(self) -> None:
+        self.keys_read = 0
+        self.items.clear()
+
+    def figures(self) -> dict[str, float]:
+        """Keys read and items written with their request units: BatchGetItem reads eventually consistent,
+        0.5 RRU per 4 KB of each item (a missing key costs the same 0.5), rated at the largest item written;
+        BatchWriteItem 1 WRU per KB of each item."""
+        sizes = [dynamodb_item_bytes(item) for item in self.items]
+        largest = max(sizes, default=0)
+        return {
+            "dynamodb_keys_read": self.keys_read,
+            "dynamodb_items_written": len(sizes),
+            "dynamodb_largest_item_bytes": largest,
+            "dynamodb_rru": self.keys_read * 0.5 * max(1, math.ceil(largest / DYNAMODB_READ_UNIT_BYTES)),
+            "dynamodb_wru": sum(max(1, math.ceil(size / DYNAMODB_WRITE_UNIT_BYTES)) for size in sizes),
+        }
+
+
 def deployed_s(cpu_s: float, wall_s: float, memory_mb: int) -> float:
     """The handler's duration on Lambda at `memory_mb`, from its duration here.
 
@@ -757,7 +1066,9 @@ def largest_within(points: dict[int, float], budget_s: float) -> int:
     return min(MAX_EVENTS_LIMIT, int((1 + (budget_s - one) / slope) // 100 * 100))
 
 
-def _ingest_once(timer: StageTimer, events: list[dict[str, Any]], memory_mb: int) -> dict[str, float]:
+def _ingest_once(
+    timer: StageTimer, meter: DynamoDbMeter, events: list[dict[str, Any]], memory_mb: int
+) -> dict[str, float]:
     """One webhook of `events` through the handler, here; its figures. Raises unless every event is
     accepted, enqueued, and Identify wrote profiles."""
     request = actions_batch(events)
@@ -769,6 +1080,7 @@ def _ingest_once(timer: StageTimer, events: list[dict[str, Any]], memory_mb: int
         deadline=time.monotonic() + 60,
     )
     timer.reset()
+    meter.reset()
     wall, cpu = time.perf_counter(), time.process_time()
     response = ingest.lambda_handler(request, context)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -790,8 +1102,9 @@ def _ingest_once(timer: StageTimer, events: list[dict[str, Any]], memory_mb: int
         "other_cpu_ms": 1000 * cpu - sum(stages.values()),
         "deployed_ms": 1000 * deployed_s(cpu, wall, memory_mb),
         "full_vcpu_ms": 1000 * deployed_s(cpu, wall, FULL_VCPU_MB),
-        "body_bytes": len(request["body"]),
+        "body_bytes": len(request["body"].encode()),
         "profiles_written": report.written,
+        **meter.figures(),
     }
 
 
@@ -823,12 +1136,17 @@ def bench_ingest_sizes(sizes: Sequence[int], repeats: int) -> dict[str, Any]:
         if not env.get("PROFILES_TABLE"):
             raise RuntimeError("the template's ingest function has no PROFILES_TABLE: Identify would be off")
         best: dict[int, dict[str, float]] = {}
-        with handler_environment(env), quiet_handler(), StageTimer().installed() as timer:
-            _ingest_once(timer, fresh(min(100, max(sizes))), memory_mb)  # imports, clients, the secret
+        with (
+            handler_environment(env),
+            quiet_handler(),
+            StageTimer().installed() as timer,
+            DynamoDbMeter().installed() as meter,
+        ):
+            _ingest_once(timer, meter, fresh(min(100, max(sizes))), memory_mb)  # imports, clients, the secret
             for _ in range(repeats):  # interleaved, so that a busy moment hurts every size alike
                 for size in sizes:
                     sqs.purge_queue(QueueUrl=stack.queue_url)  # moto's SQS slows as its queue grows
-                    figures = _ingest_once(timer, fresh(size), memory_mb)
+                    figures = _ingest_once(timer, meter, fresh(size), memory_mb)
                     if size not in best or figures["deployed_ms"] < best[size]["deployed_ms"]:
                         best[size] = figures
     deployed = {size: row["deployed_ms"] / 1000 for size, row in best.items()}
@@ -862,6 +1180,60 @@ TARGETS = {
 }
 
 
+def cost_section(results: Mapping[str, Any], template: Mapping[str, Any]) -> dict[str, Any]:
+    """`results["cost"]` from the measured figures in `results`, and the template's fixed resources; also
+    completes `results["logs"]` and `results["metrics"]` with the access logs and the metrics' cost."""
+    form = access_log_format(template)
+    inputs = {
+        "cpu": results["cpu"],
+        "logs": results["logs"],
+        "by_size": results["ingest"]["by_size"],
+        "tiktok_bytes_per_event": results["delivery"]["tiktok_bytes_per_event"],
+        "access_log_bytes_per_request": access_log_bytes(form) if form else 0,
+    }
+    results["logs"]["api_gateway_access_logs"] = form is not None
+    results["logs"]["api_gateway_access_log_bytes_per_request"] = inputs["access_log_bytes_per_request"]
+    costs = {size: cost_per_million(inputs, size) for size in COST_SIZES}
+    fixed = monthly_fixed(template, int(results["metrics"]["series"]))
+    results["metrics"]["usd_per_month"] = fixed["custom_metrics"]
+    fixed_per_million = {volume: fixed["total"] / (volume / 1e6) for volume in MONTHLY_EVENTS}
+    return {
+        **{f"usd_per_million_at_{size}": costs[size]["total"] for size in COST_SIZES},
+        "usd_per_million_unbatched": costs[1]["total"],
+        "usd_per_million_batched": costs[BATCHED_SIZE]["total"],
+        "events_per_batched_webhook": BATCHED_SIZE,
+        "by_service": {f"{size}_per_webhook": parts for size, parts in costs.items()},
+        "per_webhook": {f"{size}_per_webhook": per_webhook(inputs, size) for size in COST_SIZES},
+        "monthly_fixed_usd": fixed,
+        "monthly_fixed_usd_total": fixed["total"],
+        "fixed_usd_per_million": {
+            f"{volume}_events_per_month": usd for volume, usd in fixed_per_million.items()
+        },
+        "usd_per_million_all_in": {
+            f"{volume}_events_per_month": {
+                f"{size}_per_webhook": costs[size]["total"] + usd for size in COST_SIZES
+            }
+            for volume, usd in fixed_per_million.items()
+        },
+        "prices": PRICES,
+        "assumptions": (
+            f"Lambda duration = measured CPU time x {FULL_VCPU_MB}/MemorySize (CPU-bound; I/O waits not "
+            "counted); ingest CPU, body size and DynamoDB units per webhook from ingest.by_size where that "
+            "size was measured (else the line through the pipeline's 1-event and batched CPU, and body and "
+            "units per event of the largest size); DynamoDB: 0.5 RRU per key read (eventually consistent, "
+            "items <= 4 KB, a missing key costs the same), 1 WRU per KB of each item written; SQS: 1 send "
+            "per 10 events batched (1 per event unbatched), 1 receive and 1 delete per 10; CloudWatch Logs: "
+            "the handlers' measured stdout/stderr bytes per invocation (Powertools lines and EMF blobs) plus "
+            f"{LAMBDA_PLATFORM_LOG_BYTES} bytes of Lambda START/END/REPORT lines per invocation, plus API "
+            "Gateway access-log lines if the template has them; GB = 2^30 bytes; data transfer out: the "
+            "TikTok request bodies; Secrets Manager: each function instance reads its secrets once per "
+            f"{SECRET_CACHE_S} s at {ASSUMED_EVENTS_PER_S} events/s; by the month: custom metric series "
+            "(EMF, distinct namespace/name/dimensions seen in the run), the template's alarms and secrets; "
+            "free tiers, log storage, KMS, SQS polling while idle and Segment-retried requests not counted"
+        ),
+    }
+
+
 def run(quick: bool) -> dict[str, Any]:
     """Every figure, measured in this one run."""
     results: dict[str, Any] = {"quick": quick}
@@ -876,23 +1248,7 @@ def run(quick: bool) -> dict[str, Any]:
     results["cold_start"] |= {
         f"{name}_peak_rss_mb": pipeline["cpu"][f"{name}_peak_rss_mb"] for name in ("ingest", "sender")
     }
-    bytes_per_event = pipeline["e2e"]["webhook_bytes"] / batch
-    costs = {size: cost_per_million(pipeline["cpu"], size, bytes_per_event) for size in (1, 500, 1000)}
-    results["cost"] = {
-        "usd_per_million_unbatched": costs[1]["total"],
-        "usd_per_million_batched": costs[500]["total"],
-        "usd_per_million_batched_1000": costs[1000]["total"],
-        "events_per_batched_webhook": 500,
-        "by_service": {f"{size}_per_webhook": parts for size, parts in costs.items()},
-        "prices": PRICES,
-        "assumptions": (
-            f"Lambda duration = measured CPU time x {FULL_VCPU_MB}/MemorySize (CPU-bound; I/O waits "
-            "not counted), ingest CPU per webhook on the line through the 1-event and batched "
-            "measurements; SQS: 1 send per 10 events batched (1 per event unbatched), 1 receive and "
-            f"1 delete per 10; Secrets Manager: one call per function instance per {SECRET_CACHE_S} s at "
-            f"{ASSUMED_EVENTS_PER_S} events/s; free tiers and the secret's $0.40/month not counted"
-        ),
-    }
+    results["cost"] = cost_section(results, load_template())
     results["targets"] = {key: _meets(results, key, op, bound) for key, (op, bound) in TARGETS.items()}
     return results
 
@@ -936,8 +1292,13 @@ ROWS = (
     ("cpu.ingest_ms_per_unbatched_webhook", "ingest CPU per 1-event webhook, ms", "{:.2f}"),
     ("cpu.ingest_ms_per_batched_webhook", "ingest CPU per batched webhook, ms", "{:.1f}"),
     ("cpu.sender_ms_per_event", "sender CPU per event, ms", "{:.3f}"),
+    ("logs.ingest_bytes_per_batched_invocation", "ingest log bytes per invocation", "{:,.0f}"),
+    ("logs.sender_bytes_per_invocation", "sender log bytes per invocation", "{:,.0f}"),
+    ("metrics.series", "custom metric series (EMF)", "{:,.0f}"),
+    ("metrics.usd_per_month", "custom metrics, USD per month", "{:.2f}"),
     ("cost.usd_per_million_unbatched", "USD per million events, 1 per webhook", "{:.2f}"),
-    ("cost.usd_per_million_batched", "USD per million events, batched webhooks", "{:.2f}"),
+    ("cost.usd_per_million_batched", "USD per million events, 100 per webhook", "{:.2f}"),
+    ("cost.monthly_fixed_usd_total", "USD per month whatever the volume", "{:.2f}"),
 )
 
 
@@ -948,8 +1309,73 @@ def table(results: dict[str, Any]) -> str:
             {True: "  ok", False: "  MISSED"}.get(results["targets"].get(key), "") if key in TARGETS else ""
         )
         lines.append(f"{label:<46} {style.format(_value(results, key)):>12}{mark}")
-    lines.append("prices: " + ", ".join(f"{name} ${price}" for name, price in PRICES.items()))
-    return "\n".join([*lines, "", *size_table(results["ingest"])])
+    prices = ", ".join(f"{name} ${price}" for name, price in PRICES.items())
+    lines.extend(textwrap.wrap("prices: " + prices, 110))
+    return "\n".join([*lines, "", *size_table(results["ingest"]), "", *cost_table(results)])
+
+
+COST_ROWS = (
+    "api_gateway",
+    "lambda_ingest",
+    "lambda_sender",
+    "sqs",
+    "secrets_manager",
+    "dynamodb",
+    "cloudwatch_logs",
+    "data_transfer_out",
+    "total",
+)
+
+
+def cost_table(results: Mapping[str, Any]) -> list[str]:
+    """USD per million events by service for each webhook size, what each webhook takes, the log bytes per
+    invocation and the monthly costs."""
+    cost, logs, metrics = results["cost"], results["logs"], results["metrics"]
+    sizes = [int(name.partition("_")[0]) for name in cost["by_service"]]
+    head = f"{'events per webhook':<22}" + "".join(f"{size:>12,}" for size in sizes)
+    lines = ["USD per million events, by service", head]
+    for service in COST_ROWS:
+        values = (cost["by_service"][f"{size}_per_webhook"][service] for size in sizes)
+        lines.append(f"{service:<22}" + "".join(f"{value:>12.4f}" for value in values))
+    per_webhook = [cost["per_webhook"][f"{size}_per_webhook"] for size in sizes]
+    lines.append(
+        "per webhook ("
+        + ", ".join(f"{size:,}: {row['source']}" for size, row in zip(sizes, per_webhook, strict=True))
+        + ")"
+    )
+    for key, label in (
+        ("ingest_cpu_ms", "ingest CPU, ms"),
+        ("dynamodb_rru", "DynamoDB RRU"),
+        ("dynamodb_wru", "DynamoDB WRU"),
+        ("body_bytes", "body, bytes"),
+        ("log_bytes", "ingest log bytes"),
+    ):
+        lines.append(f"  {label:<20}" + "".join(f"{row[key]:>12,.0f}" for row in per_webhook))
+    prose = []
+    access = (
+        f"{logs['api_gateway_access_log_bytes_per_request']:,} bytes per request"
+        if logs["api_gateway_access_logs"]
+        else "none (the template sets no AccessLogSettings)"
+    )
+    prose.append(
+        f"log bytes per invocation, measured: ingest {logs['ingest_bytes_per_unbatched_invocation']:,.0f} "
+        f"(1-event webhooks), {logs['ingest_bytes_per_batched_invocation']:,.0f} (batched; EMF "
+        f"{logs['ingest_emf_bytes_per_batched_invocation']:,.0f}); sender "
+        f"{logs['sender_bytes_per_invocation']:,.0f} (EMF {logs['sender_emf_bytes_per_invocation']:,.0f}); "
+        f"+ {logs['platform_bytes_per_invocation']} each for Lambda's START/END/REPORT (assumed); "
+        f"API Gateway access logs: {access}"
+    )
+    fixed = cost["monthly_fixed_usd"]
+    prose.append(
+        f"USD per month whatever the volume: {metrics['series']} custom metric series "
+        f"${fixed['custom_metrics']:.2f}, alarms ${fixed['alarms']:.2f}, secrets ${fixed['secrets']:.2f}: "
+        f"${fixed['total']:.2f}; per million events "
+        + ", ".join(
+            f"at {int(name.partition('_')[0]) / 1e6:,.0f} M/month +${usd:.2f}"
+            for name, usd in cost["fixed_usd_per_million"].items()
+        )
+    )
+    return [*lines, *(line for text in prose for line in textwrap.wrap(text, 110, subsequent_indent="  "))]
 
 
 SIZE_COLUMNS = (

@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "tiktok_bridge.local",
     "tiktok_bridge.demo",
     "tiktok_bridge.forget",
+    "tiktok_bridge.dlq",
 )
 
 
