@@ -389,3 +389,25 @@ def test_a_bad_mapping_config_fails_loudly(bridge: Stack, monkeypatch: pytest.Mo
     monkeypatch.setenv("BRIDGE_CONFIG", '{"no_such_setting": true}')
     with pytest.raises(ConfigError, match="no_such_setting"):
         post(json.dumps(track(1)))
+
+
+def test_each_rejected_or_skipped_event_is_logged_with_its_id_type_and_reason(
+    bridge: Stack, ingest_logs: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator can find which events were refused and why (never their values)."""
+    events = [
+        pii_event(1),
+        {**pii_event(2), "timestamp": {"email": "dulcinea.quixote@example.com"}},  # rejected
+        {"type": "identify", "messageId": "id-3", "userId": "u", "traits": {"email": PII[2]}},  # skipped
+    ]
+    status, body = post(json.dumps(events))
+    assert (status, body["accepted"]) == (200, 1)
+    lines = [json.loads(line) for line in ingest_logs.getvalue().splitlines() if '"event ' in line]
+    found = {(line["message"], line["messageId"], line["type"]): line["reason"] for line in lines}
+    assert found[("event rejected", "msg-2", "track")].startswith("invalid event: timestamp")
+    assert found[("event skipped", "id-3", "identify")] == "identify events are not forwarded"
+    blobs = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if "EventsRejectedByReason" in line
+    ]
+    assert [(blob["Reason"], blob["EventsRejectedByReason"]) for blob in blobs] == [("invalid event", [1.0])]
+    assert not [pii for pii in PII for line in lines if pii.lower() in json.dumps(line).lower()]

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger, Metrics, single_metric
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 ROUTE = "/v1/events"
+MAX_ID_CHARS = 100  # of a messageId in a log line (it is the sender's to choose)
 UNAUTHORIZED = "invalid or missing signature/token"
 
 logger = Logger()
@@ -69,11 +72,41 @@ def request_body(body: str | None, is_base64: bool) -> bytes:
     return (body or "").encode("utf-8", "surrogatepass")
 
 
-def answer(received: int, result: MappingResult, report: queue.SendReport) -> Answer:
+def reason_category(reason: str) -> str:
+    """A reason's bounded part, for a metric dimension: `invalid event: messageId: ...` -> `invalid event`."""
+    return re.split(r"[:(]", reason, maxsplit=1)[0].strip()
+
+
+def log_outcomes(kind: str, outcomes: list[Outcome], events: list[object]) -> None:
+    """One log line per rejected or skipped event: its messageId, type and reason (reasons hold no values)."""
+    if not outcomes:
+        return
+    types = {segment.message_id_of(raw): segment.event_type_of(raw) for raw in events}
+    for outcome in outcomes:
+        logger.info(
+            f"event {kind}",
+            extra={
+                "messageId": outcome.message_id[:MAX_ID_CHARS],
+                "type": types.get(outcome.message_id, "unknown"),
+                "reason": outcome.reason,
+            },
+        )
+    if kind == "rejected":
+        for category, count in Counter(reason_category(o.reason) for o in outcomes).items():
+            with single_metric(
+                name="EventsRejectedByReason", unit=MetricUnit.Count, value=count, namespace=metrics.namespace
+            ) as metric:
+                metric.add_dimension(name="Reason", value=category)
+
+
+def answer(events: list[object], result: MappingResult, report: queue.SendReport) -> Answer:
     """The response; `accepted` counts events (by `event_id`) whose every mapped copy was enqueued."""
+    received = len(events)
     refused = {mapped.event_id: reason for mapped, reason in report.refused}
     not_enqueued = list(dict.fromkeys(m.event_id for m in report.failed if m.event_id not in refused))
     rejected = [*result.rejected, *(Outcome(event_id, reason) for event_id, reason in refused.items())]
+    log_outcomes("rejected", rejected, events)
+    log_outcomes("skipped", result.skipped, events)
     accepted = len({mapped.event_id for mapped in result.forwarded} - set(refused) - set(not_enqueued))
     counts = {
         "Received": received,
@@ -137,7 +170,7 @@ def receive() -> Answer:
     # A first-element signature proves the first event only: the others never write or link profiles.
     trusted = consented if proof is auth.Proof.BODY else [e for e in consented[:1] if e is events[0]]
     result.forwarded = identified(trusted, result.forwarded, config, len(refused))
-    return answer(len(events), result, queue.send_all(runtime().sqs, settings.queue_url, result.forwarded))
+    return answer(events, result, queue.send_all(runtime().sqs, settings.queue_url, result.forwarded))
 
 
 def identified(

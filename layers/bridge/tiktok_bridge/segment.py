@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -14,6 +14,7 @@ from typing_extensions import TypedDict
 
 EventType = Literal["track", "page", "screen", "identify", "alias", "group"]
 FORWARDABLE_TYPES: frozenset[str] = frozenset({"track", "page", "screen"})
+_EVENT_TYPES: frozenset[str] = frozenset(get_args(EventType))
 
 
 class BodyError(ValueError):
@@ -122,6 +123,12 @@ def parse_event(raw: object) -> SegmentEvent:
         return SegmentEvent.model_validate(raw)
     except ValidationError as error:
         raise EventError(describe_errors(error)) from None
+
+
+def event_type_of(raw: object) -> str:
+    """The event's `type` when it is one the bridge knows, else "unknown" (for a log line)."""
+    value = raw.get("type") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) and value in _EVENT_TYPES else "unknown"
 
 
 def message_id_of(raw: object) -> str:

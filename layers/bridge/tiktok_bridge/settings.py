@@ -51,7 +51,7 @@ class Settings:
     tiktok_base_url: str = DEFAULT_TIKTOK_BASE_URL
     tiktok_timeout_s: int = 10
     max_body_bytes: int = 5_000_000
-    max_events: int = 400
+    max_events: int = 1_000
     first_element_signature: FirstElementSignature = "with-token"
     webhook_token_secret_id: str = ""
     profiles_table: str = ""
@@ -70,7 +70,7 @@ class Settings:
             # API Gateway HTTP API caps bodies at 10 MB and a synchronous Lambda payload at 6 MB.
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 5_000_000, 1_024, 6_000_000),
             # What ingest enqueues within Segment's 5 s with margin: `make bench`, ingest.safe_max_events.
-            max_events=_int(env, "MAX_EVENTS", 400, 1, 100_000),
+            max_events=_int(env, "MAX_EVENTS", 1_000, 1, 100_000),
             first_element_signature=_choice(  # type: ignore[arg-type]
                 env, "FIRST_ELEMENT_SIGNATURE", "with-token", get_args(FirstElementSignature)
             ),
