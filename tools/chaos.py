@@ -3,13 +3,16 @@ that nothing was lost.
 
 A driver POSTs Segment (Actions) batches over real HTTP and retries every 5xx and transport error with the
 same messageIds, as Segment does. Meanwhile the TikTok emulator answers HTTP 5xx, 40100 bursts, slow
-responses and timeouts, and rejects every batch holding a poison event; moto's SQS fails SendMessageBatch
-calls (HTTP 500, retried by botocore) and entries (`Failed`, retried by `queue.send_all`), with short outages
-that make ingest answer 503; and the sender's process is SIGKILLed while it is posting. The driver keeps the
-queue short (moto's SQS slows down as a queue grows). At the end every accepted event must have reached
-TikTok (by the emulator's dedup key) or the DLQ with a reason, no poison event may have been delivered, and
-no raw email, phone or name may appear in a function log line or a dead letter. The timeouts of the template
-are scaled down (`chaos_template`) so that retries come round in seconds instead of minutes.
+responses, timeouts and answers dripped a byte at a time; it rejects (40002) every batch holding a poison
+event, answers HTTP 500 to every batch holding a crash event, and takes the rest of a batch holding a refused
+event with a 20001 (partial success, naming no event). moto's SQS fails SendMessageBatch calls (HTTP 500,
+retried by botocore) and entries (`Failed`, retried by `queue.send_all`), with short outages that make ingest
+answer 503; and the sender's process is SIGKILLed while it is posting. The driver keeps the queue short
+(moto's SQS slows down as a queue grows). At the end every accepted event must have reached TikTok (by the
+emulator's dedup key) or the DLQ with a reason (`dlq_reason`; a dead letter without one fails the run), no
+marked event may have been delivered, and no raw email, phone or name may appear in a function log line or a
+dead letter. The timeouts of the template are scaled down (`chaos_template`) so that retries come round in
+seconds instead of minutes.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tiktok_bridge.auth import signature
 from tiktok_bridge.emulator import Emulator
 from tiktok_bridge.local import LocalStack
 from tiktok_bridge.stack import QUEUE_ID, SENDER_ID, load_template
@@ -40,7 +42,10 @@ from tiktok_bridge.stack import QUEUE_ID, SENDER_ID, load_template
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 SOURCE_ID = "PIXEL123"  # the emulator's pixel code: where web events go
-POISON = "poison-"
+POISON = "poison-"  # TikTok rejects (40002) a request holding such an event
+CRASH = "crash-"  # TikTok answers HTTP 500 to a request holding such an event
+REFUSED = "refused-"  # TikTok takes the rest of a request holding such an event and answers 20001
+MARKED = (POISON, CRASH, REFUSED)  # events that must never be delivered
 # Every raw identifier the driver sends matches this; none may surface in a log line or a dead letter.
 PII = re.compile(r"pii-chaos\.example|zebediah|quackenbush|555[-. )]*01\d\d", re.IGNORECASE)
 # (Segment type, event name, the TikTok event it maps to; None: skipped, as `identify` is)
@@ -58,7 +63,7 @@ class Plan:
 
     events: int = 50_000
     events_per_request: int = 100
-    poison_rate: float = 0.0005
+    poison_rate: float = 0.0005  # events marked (poison, crash or refused, in equal parts): never delivered
     seed: int = 5
     # the template's timeouts, scaled down so that failed records come back in seconds
     visibility_timeout_s: int = 10
@@ -68,6 +73,7 @@ class Plan:
     # TikTok emulator faults in turn, one every `fault_every_requests` TikTok requests
     fault_every_requests: int = 8
     slow_s: float = 0.3
+    drip_s: float = 0.05  # a byte of the answer every drip_s: a few seconds for the whole answer
     # moto SQS faults on SendMessageBatch
     sqs_call_failure_rate: float = 0.01
     sqs_entry_failure_rate: float = 0.01
@@ -86,12 +92,12 @@ class Plan:
 # --- the workload -------------------------------------------------------------------------------------------
 
 
-def segment_event(n: int, poison: bool, timestamp: str) -> dict[str, Any]:
+def segment_event(n: int, prefix: str, timestamp: str) -> dict[str, Any]:
     """Event `n` of the run: a page view, a product view, an order with PII, or an identify with PII."""
     kind, name, _ = KINDS[n % len(KINDS)]
     event: dict[str, Any] = {
         "type": kind,
-        "messageId": f"{POISON if poison else 'chaos-'}{n}",
+        "messageId": f"{prefix}{n}",
         "timestamp": timestamp,
         "userId": f"user-{n % 997}",
         "context": {"ip": "203.0.113.9", "page": {"url": f"https://shop.example.com/p/{n % 50}"}},
@@ -120,10 +126,11 @@ def expected_key(event: dict[str, Any]) -> tuple[str, str, str] | None:
     return None if kind[2] is None else (SOURCE_ID, kind[2], event["messageId"])
 
 
-def segment_body(events: list[dict[str, Any]], secret: str) -> tuple[bytes, dict[str, str]]:
-    """An Actions webhook request: a bare JSON array, `X-Signature` over its first element's bytes."""
+def segment_body(events: list[dict[str, Any]], local: LocalStack) -> tuple[bytes, dict[str, str]]:
+    """An Actions webhook request: a bare JSON array, `X-Signature` over its first element's bytes, and
+    the webhook token."""
     parts = [json.dumps(event, separators=(",", ":")).encode() for event in events]
-    headers = {"content-type": "application/json", "x-signature": signature(secret, parts[0])}
+    headers = local.webhook_headers(parts[0])
     return b"[" + b",".join(parts) + b"]", headers
 
 
@@ -212,8 +219,10 @@ def emulator_faults(plan: Plan, rng: random.Random) -> Iterator[tuple[str, dict[
     while True:
         status = rng.choice((500, 502, 503, 504))
         yield f"tiktok_http_{status}", {"http_errors": rng.randint(1, 2), "http_status": status}
-        yield "tiktok_40100_burst", {"throttle": rng.randint(1, 4)}
+        # shorter than the sender's tries (maxReceiveCount - 1): a longer burst dead-letters whole batches
+        yield "tiktok_40100_burst", {"throttle": rng.randint(1, 3)}
         yield "tiktok_slow", {"delay_s": plan.slow_s}
+        yield "tiktok_drip", {"drip": rng.randint(1, 2), "drip_s": plan.drip_s}
         yield "tiktok_timeout", {"drop": 1, "drop_after_s": plan.tiktok_timeout_s + 0.5}
 
 
@@ -241,7 +250,7 @@ class Chaos:
                 next_fault = requests + self.plan.fault_every_requests
             if requests >= next_kill and self.kill_sender():
                 next_kill = requests + self.plan.kill_every_requests
-        self.emulator.set_faults(delay_s=0.0, http_errors=0, throttle=0, drop=0)
+        self.emulator.set_faults(delay_s=0.0, http_errors=0, throttle=0, drop=0, drip=0)
 
     def kill_sender(self) -> bool:
         """SIGKILL the sender's process if it is in an invocation."""
@@ -312,7 +321,7 @@ def post_until_answered(
     client: httpx.Client, local: LocalStack, events: list[dict[str, Any]], plan: Plan, tally: Tally
 ) -> dict[str, Any] | None:
     """POST like Segment: retry 5xx and transport errors with the same body; the 200 answer, or None."""
-    body, headers = segment_body(events, local.webhook_secret)
+    body, headers = segment_body(events, local)
     for attempt in range(plan.max_attempts):
         if attempt:
             time.sleep(min(2.0, 0.05 * 2**attempt))
@@ -340,7 +349,8 @@ def drive(
             while local.queue_depth()["queued"] > plan.max_queued:
                 time.sleep(0.2)
             numbers = range(start, min(plan.events, start + plan.events_per_request))
-            events = [segment_event(n, rng.random() < plan.poison_rate, timestamp) for n in numbers]
+            marks = [rng.choice(MARKED) if rng.random() < plan.poison_rate else "chaos-" for _ in numbers]
+            events = [segment_event(n, mark, timestamp) for n, mark in zip(numbers, marks, strict=True)]
             tally.sent += len(events)
             if tally.sent % 5_000 < len(events):
                 progress(f"  {tally.sent} events sent, {len(tally.accepted)} accepted")
@@ -362,20 +372,16 @@ def settle(local: LocalStack, emulator: Emulator, plan: Plan, tally: Tally) -> N
     delivered = emulator.delivered_keys()
     tally.tiktok_requests = emulator.request_count
     tally.duplicates = emulator.snapshot()["duplicate_count"]
-    max_receives = local.stack.max_receive_count
     dead: dict[str, str] = {}
     for letter in local.dlq_messages():
         tally.pii_leaks += bool(PII.search(letter.body + json.dumps(letter.attributes)))
         event_id = str(json.loads(letter.body).get("event_id"))
-        reason = letter.attributes.get("dlq_reason", "")
-        if not reason and letter.receive_count > max_receives:
-            reason = f"redriven by SQS: not delivered in {max_receives} receives"
-        dead[event_id] = dead.get(event_id) or reason
+        dead[event_id] = dead.get(event_id) or letter.attributes.get("dlq_reason", "")
     for key in tally.accepted:
         event_id = key[2]
         if key in delivered:
             tally.delivered += 1
-            if event_id.startswith(POISON):
+            if event_id.startswith(MARKED):
                 tally.poison_delivered.append(event_id)
         elif event_id in dead:
             tally.dead_letters[dead[event_id]] += 1
@@ -391,7 +397,7 @@ def run_chaos(plan: Plan, progress: Callable[[str], None] = lambda line: None) -
     with LocalStack(template=chaos_template(plan), moto_middleware=sqs_faults) as local:
         assert local.emulator is not None
         emulator = local.emulator
-        emulator.set_faults(poison_marker=POISON)
+        emulator.set_faults(poison_marker=POISON, crash_marker=CRASH, partial_marker=REFUSED)
         chaos = Chaos(plan, local, emulator, random.Random(plan.seed + 2))
         troublemaker = threading.Thread(target=chaos.run, daemon=True)
         started = time.monotonic()

@@ -249,6 +249,37 @@ def test_poison_marker_rejects_the_whole_batch(emu: Emulator, client: httpx.Clie
     assert track(client, body())["code"] == 0
 
 
+def test_partial_marker_accepts_the_rest_and_answers_20001(emu: Emulator, client: httpx.Client) -> None:
+    emu.set_faults(partial_marker="REFUSED")
+    answer = track(client, body(event(event_id="a"), event(event_id="b-REFUSED"), event(event_id="c")))
+    assert (answer["code"], answer["data"]) == (20001, {})  # no per-event detail, as at TikTok
+    assert [e["event_id"] for r in emu.accepted_requests() for e in r["data"]] == ["a", "c"]
+    assert emu.delivered_keys() == {("PIXEL123", "Purchase", "a"), ("PIXEL123", "Purchase", "c")}
+    by_description = event(event_id="d", properties={"description": "REFUSED here"})
+    assert track(client, body(by_description))["code"] == 20001  # all refused: nothing accepted
+    assert track(client, body(event(event_id="e")))["code"] == 0
+    assert [len(r["data"]) for r in emu.accepted_requests()] == [2, 1]
+
+
+def test_crash_marker_answers_http_500(emu: Emulator, client: httpx.Client) -> None:
+    emu.set_faults(crash_marker="CRASH")
+    response = client.post(TRACK_PATH, json=body(event(), event(event_id="x-CRASH")), headers=TOKEN)
+    assert response.status_code == 500 and response.headers["content-type"].startswith("text/plain")
+    assert emu.accepted_requests() == []
+    assert track(client, body())["code"] == 0
+
+
+def test_drip_sends_every_answer_a_byte_at_a_time(emu: Emulator, client: httpx.Client) -> None:
+    emu.set_faults(drip=1, drip_s=0.005)
+    raw = json.dumps(body()).encode()
+    head = f"POST {TRACK_PATH} HTTP/1.1\r\nHost: x\r\nAccess-Token: test-token\r\nContent-Length: {len(raw)}"
+    started = time.monotonic()
+    reply = raw_exchange(emu, head.encode() + b"\r\n\r\n" + raw)  # ends: the connection is closed
+    assert time.monotonic() - started >= (len(reply) - 1) * 0.005
+    assert reply.startswith(b"HTTP/1.1 200 OK") and b'"code": 0' in reply
+    assert track(client, body())["code"] == 0  # the next answer comes at once
+
+
 def test_faults_and_reset_over_http(emu: Emulator, client: httpx.Client) -> None:
     answer = client.post("/_emulator/faults", json={"throttle": 1, "poison_marker": "P!"})
     assert answer.status_code == 200 and answer.json()["throttle"] == 1
@@ -279,6 +310,12 @@ def test_python_fault_api_validates() -> None:
     assert emu.snapshot()["faults"]["throttle"] == 2
 
 
+def literal(text: str, **fields: Any) -> bytes:
+    """A request body with the raw JSON `text` where `fields` say "@"."""
+    return json.dumps(body(event(**fields))).replace('"@"', text).encode()
+
+
+BIG = "9" * 400
 HOSTILE: list[bytes] = [
     b"",
     b"not json",
@@ -288,6 +325,12 @@ HOSTILE: list[bytes] = [
     b'{"a": 1' + b"0" * 10_000 + b"}",
     json.dumps(body(event(user=[[[{}]]], properties={"contents": [[None]]}))).encode(),
     json.dumps({"event_source": {"web": 1}, "event_source_id": [], "data": "x" * 1000}).encode(),
+    literal(BIG, properties={"value": "@"}),  # no double holds it
+    literal(BIG, properties={"contents": [{"price": 1, "quantity": "@"}]}),
+    literal(f"-{BIG}", event_time="@"),
+    literal(f"1{BIG}.5", properties={"value": "@"}),  # a float: infinite
+    literal("[" * 500 + "]" * 500, custom="@"),  # parses, but deeper than TikTok's fields go
+    literal('{"a":' * 40 + "1" + "}" * 40, custom="@"),
 ]
 
 
@@ -296,6 +339,7 @@ def test_hostile_input_gets_an_error_and_server_survives(client: httpx.Client, r
     response = client.post(TRACK_PATH, content=raw, headers=TOKEN)
     assert response.status_code == 200 and response.json()["code"] in {40000, 40002}
     assert track(client, body())["code"] == 0
+    assert client.get("/_emulator/requests").json()["accepted_count"] == 1
 
 
 def raw_exchange(emu: Emulator, request: bytes) -> bytes:

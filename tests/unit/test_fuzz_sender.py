@@ -3,7 +3,9 @@ wrongly typed fields, arbitrary JSON, garbage bytes, oversized bodies, hung-up a
 over real HTTP on 127.0.0.1 in the order hypothesis picks (the last answer repeats).
 
 No record is ever lost: each one is reported as a batch item failure (so SQS keeps it), was in a request that
-TikTok answered with success, or is in the DLQ, and never both retried and dead-lettered.
+TikTok answered with success, or is in the DLQ with a reason, and never both retried and dead-lettered.
+Records come with any receive count: one on its last try is never left to SQS's redrive (which gives no
+reason).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tiktok_bridge import sender, tiktok
 from tiktok_bridge.model import Route
+from tiktok_bridge.settings import Settings
 from tiktok_bridge.stack import Stack
 
 from tests.conftest import lambda_context
@@ -40,14 +43,15 @@ class Answer:
         return b'{"code":0,"message":"%s"}' % (b"x" * tiktok.MAX_RESPONSE_BYTES) if self.huge else self.body
 
     def delivers(self) -> bool:
-        """TikTok's success (SPEC §4.1): a 2xx whose JSON `code` is 0 or 20001, received whole."""
+        """TikTok's success (SPEC §4.1): a 2xx whose JSON `code` is 0, received whole (20001 is not: some
+        events were not taken)."""
         if self.hang_up or self.truncated or self.huge or not 200 <= self.status < 300:
             return False
         try:
             code = json.loads(self.body).get("code")
         except (ValueError, AttributeError):
             return False
-        return type(code) is int and code in {0, 20001}
+        return type(code) is int and code == 0
 
 
 class ScriptedTikTok(ThreadingHTTPServer):
@@ -132,21 +136,34 @@ def bridge(stack: Stack, scripted: ScriptedTikTok, monkeypatch: pytest.MonkeyPat
     return stack
 
 
-def take_dead_letters(stack: Stack) -> list[str]:
-    """The bodies in the DLQ, which is left empty."""
-    sqs, bodies = boto3.client("sqs"), []
-    while messages := sqs.receive_message(QueueUrl=stack.dlq_url, MaxNumberOfMessages=10).get("Messages"):
+def take_dead_letters(stack: Stack) -> dict[str, str]:
+    """The DLQ's messages (body: `dlq_reason`), leaving it empty."""
+    sqs, letters = boto3.client("sqs"), {}
+    while messages := sqs.receive_message(
+        QueueUrl=stack.dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["dlq_reason"]
+    ).get("Messages"):
         for message in messages:
-            bodies.append(message["Body"])
+            reason = message.get("MessageAttributes", {}).get("dlq_reason")
+            letters[message["Body"]] = reason.get("StringValue", "") if reason else ""
             sqs.delete_message(QueueUrl=stack.dlq_url, ReceiptHandle=message["ReceiptHandle"])
-    return bodies
+    return letters
 
 
 def deliver(
-    stack: Stack, scripted: ScriptedTikTok, script: list[Answer], routes: list[Route], corrupt: int
+    stack: Stack,
+    scripted: ScriptedTikTok,
+    script: list[Answer],
+    routes: list[Route],
+    corrupt: int,
+    receives: list[int] | None = None,
 ) -> None:
-    """Run the sender on one record per route (the `corrupt`-th body broken) and check that none is lost."""
-    event = sqs_event([mapped(n, route) for n, route in enumerate(routes)])
+    """Run the sender on one record per route (the `corrupt`-th body broken), received as often as `receives`
+    says in turn, and check that none is lost."""
+    counts = receives or [1]
+    event = sqs_event(
+        [mapped(n, route) for n, route in enumerate(routes)],
+        [counts[n % len(counts)] for n in range(len(routes))],
+    )
     if corrupt < len(routes):
         event["Records"][corrupt]["body"] = "not json"
     scripted.start(script)
@@ -156,12 +173,16 @@ def deliver(
         event_id for event_ids, answer in scripted.seen if answer.delivers() for event_id in event_ids
     }
     dead = take_dead_letters(stack)
+    last_try = sender.Delivery(Settings.from_env()).last_try
     for record in event["Records"]:
         body = record["body"]
         event_id = json.loads(body)["event_id"] if body != "not json" else None
         in_dlq = body in dead
         assert not (in_dlq and record["messageId"] in retried), "both retried and dead-lettered"
         assert in_dlq or record["messageId"] in retried or event_id in delivered, (record, scripted.seen)
+        assert not in_dlq or dead[body], "a dead letter without a reason"
+        if int(record["attributes"]["ApproximateReceiveCount"]) >= last_try:
+            assert record["messageId"] not in retried, "left to SQS's reasonless redrive on its last try"
 
 
 @fuzz_settings
@@ -169,11 +190,17 @@ def deliver(
     script=st.lists(answers, min_size=1, max_size=6),
     routes=st.lists(st.sampled_from([Route("web"), Route("offline")]), min_size=1, max_size=6),
     corrupt=st.integers(0, 10),
+    receives=st.lists(st.integers(1, 5), min_size=1, max_size=3),
 )
 def test_no_record_is_lost_whatever_tiktok_answers(
-    bridge: Stack, scripted: ScriptedTikTok, script: list[Answer], routes: list[Route], corrupt: int
+    bridge: Stack,
+    scripted: ScriptedTikTok,
+    script: list[Answer],
+    routes: list[Route],
+    corrupt: int,
+    receives: list[int],
 ) -> None:
-    deliver(bridge, scripted, script, routes, corrupt)
+    deliver(bridge, scripted, script, routes, corrupt, receives)
 
 
 def test_the_check_catches_a_sender_that_takes_an_error_for_a_success(

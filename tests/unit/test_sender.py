@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from tiktok_bridge import queue, sender
-from tiktok_bridge.emulator import Emulator
+from tiktok_bridge.emulator import Emulator, _invalid
 from tiktok_bridge.model import MappedEvent, Route
 from tiktok_bridge.secret import fetch_secret
 from tiktok_bridge.stack import Stack
@@ -44,13 +46,15 @@ def mapped(n: int, route: Route = WEB, event_id: str | None = None, **properties
     return MappedEvent(route, data)
 
 
-def lambda_record(message_id: str, body: str, attributes: dict[str, Any]) -> dict[str, Any]:
-    """An SQS record as Lambda delivers it, from SQS-API-shaped message attributes."""
+def lambda_record(
+    message_id: str, body: str, attributes: dict[str, Any], receives: int = 1
+) -> dict[str, Any]:
+    """An SQS record as Lambda delivers it (for the `receives`-th time), from SQS-API-shaped attributes."""
     return {
         "messageId": message_id,
         "receiptHandle": f"rh-{message_id}",
         "body": body,
-        "attributes": {"ApproximateReceiveCount": "1"},
+        "attributes": {"ApproximateReceiveCount": str(receives)},
         "messageAttributes": {
             name: {
                 "stringValue": a["StringValue"],
@@ -67,17 +71,23 @@ def lambda_record(message_id: str, body: str, attributes: dict[str, Any]) -> dic
     }
 
 
-def sqs_event(events: Sequence[MappedEvent]) -> dict[str, Any]:
-    """The Lambda event for `events` encoded in the queue format (message id = `m<index>`)."""
+def sqs_event(events: Sequence[MappedEvent], receives: int | Sequence[int] = 1) -> dict[str, Any]:
+    """The Lambda event for `events` encoded in the queue format (message id = `m<index>`), each received
+    `receives` times (one count for all, or one per event)."""
+    counts = [receives] * len(events) if isinstance(receives, int) else receives
     entries = [queue.encode(event, str(n)) for n, event in enumerate(events)]
     return {
-        "Records": [lambda_record(f"m{e['Id']}", e["MessageBody"], e["MessageAttributes"]) for e in entries]
+        "Records": [
+            lambda_record(f"m{e['Id']}", e["MessageBody"], e["MessageAttributes"], count)
+            for e, count in zip(entries, counts, strict=True)
+        ]
     }
 
 
-def invoke(event: dict[str, Any]) -> list[str]:
-    """Run the Lambda handler; the message ids it reports as batch item failures."""
-    response = sender.lambda_handler(event, lambda_context("SenderFunction"))
+def invoke(event: dict[str, Any], seconds: float = 60) -> list[str]:
+    """Run the Lambda handler with `seconds` left; the message ids it reports as batch item failures."""
+    context = dataclasses.replace(lambda_context("SenderFunction"), deadline=time.monotonic() + seconds)
+    response = sender.lambda_handler(event, context)
     return [failure["itemIdentifier"] for failure in response["batchItemFailures"]]
 
 
@@ -230,9 +240,10 @@ def test_auth_error_refreshes_the_secret_once_and_delivers(
     tiktok: Emulator, stack: Stack, bridge_secret: dict[str, str]
 ) -> None:
     stack.put_secret({**bridge_secret, "access_token": "revoked-token"})
-    assert fetch_secret(stack.secret_id).access_token.get_secret_value() == "revoked-token"  # now cached
+    tiktok_secret = stack.secret_of("access_token")
+    assert fetch_secret(tiktok_secret).access_token.get_secret_value() == "revoked-token"  # now cached
     secrets = boto3.client("secretsmanager", region_name=stack.region)
-    secrets.put_secret_value(SecretId=stack.secret_id, SecretString=json.dumps(bridge_secret))  # rotated
+    secrets.put_secret_value(SecretId=tiktok_secret, SecretString=json.dumps(bridge_secret))  # rotated
     assert process(sqs_event([mapped(n) for n in range(3)])) == set()
     assert tiktok.request_count == 2  # 40105 with the cached token, then delivered with the fresh one
     assert len(tiktok.delivered_keys()) == 3
@@ -271,7 +282,7 @@ def test_missing_source_id_keeps_the_records_without_a_request(
 
 
 def test_unreadable_secret_keeps_the_records(tiktok: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SECRET_ID", "no-such-secret")
+    monkeypatch.setenv("TIKTOK_SECRET_ID", "no-such-secret")
     assert process(sqs_event([mapped(0), mapped(0, OFFLINE)])) == {"m0", "m1"}
     assert tiktok.request_count == 0
 
@@ -362,3 +373,200 @@ def test_poison_logs_carry_no_user_data(tiktok: Emulator, stack: Stack, output: 
         e.data["page"]["url"] for e in events
     }
     assert [value for value in user_values if value in logged] == []
+
+
+def logged(output: str, message: str) -> dict[str, Any]:
+    """The sender's log line with `message` (the last one)."""
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith('{"level"')]
+    return dict([line for line in lines if line["message"] == message][-1])
+
+
+def test_partial_success_loses_nothing(tiktok: Emulator, stack: Stack, output: Callable[[], str]) -> None:
+    """20001 names no event: the request is split until the refused events are alone; they are dead-lettered
+    with TikTok's code and message, the rest delivered."""
+    tiktok.set_faults(partial_marker="REFUSED")
+    events = [mapped(n) for n in range(1000)]
+    for n in (3, 500, 998):
+        events[n] = mapped(n, event_id=f"msg-REFUSED-{n}")
+    assert invoke(sqs_event(events)) == []
+    assert len(tiktok.delivered_keys()) == 997
+    letters = {json.loads(letter["Body"])["event_id"]: attributes(letter) for letter in dead_letters(stack)}
+    assert letters.keys() == {"msg-REFUSED-3", "msg-REFUSED-500", "msg-REFUSED-998"}
+    for attrs in letters.values():
+        assert attrs["dlq_reason"] == "rejected by TikTok with code 20001"
+        assert (attrs["tiktok_code"], attrs["tiktok_message"]) == ("20001", "Partial success.")
+        assert attrs["attempts"] == "1"
+    assert emf_metrics(output())["EventsDeadLettered"] == [3]
+
+
+def test_a_5xx_poison_event_is_isolated_once_it_failed_before(tiktok: Emulator, stack: Stack) -> None:
+    """An event that makes TikTok answer 500 holds back its request once (it could be TikTok's outage); when
+    its records come back, the request is split, the rest delivered, and on its last try the event is
+    dead-lettered with the last verdict."""
+    tiktok.set_faults(crash_marker="CRASH")
+    events = [mapped(n) for n in range(1000)]
+    events[637] = mapped(637, description="CRASH")
+    assert len(invoke(sqs_event(events))) == 1000
+    assert tiktok.request_count == 1
+    assert invoke(sqs_event(events, receives=2)) == ["m637"]
+    assert len(tiktok.delivered_keys()) == 999
+    assert invoke(sqs_event([events[637]], receives=3)) == ["m0"]
+    assert dead_letters(stack) == []
+    assert invoke(sqs_event([events[637]], receives=4)) == []  # the try before maxReceiveCount's (5)
+    [letter] = dead_letters(stack)
+    assert json.loads(letter["Body"])["event_id"] == "msg-web-00637"
+    assert attributes(letter) | {"tiktok_message": ""} == {
+        "event_source": "web",
+        "source_id_key": "pixel_code",
+        "dlq_reason": "retries exhausted, last verdict http_500",
+        "tiktok_code": "http_500",
+        "tiktok_message": "",
+        "attempts": "4",
+    }
+
+
+@pytest.mark.parametrize(
+    ("faults", "code"),
+    [
+        ({"throttle": 10}, "40100"),
+        ({"http_errors": 10, "http_status": 503}, "http_503"),
+        ({"drop": 10}, "RemoteProtocolError"),
+    ],
+)
+def test_on_its_last_try_a_record_is_dead_lettered_with_the_last_verdict(
+    tiktok: Emulator, stack: Stack, faults: dict[str, Any], code: str, output: Callable[[], str]
+) -> None:
+    """SQS would move it after the next receive without a reason; the fresh record stays queued."""
+    tiktok.set_faults(**faults)
+    event = sqs_event([mapped(0), mapped(1)], receives=[4, 1])
+    assert invoke(event) == ["m1"]
+    [letter] = dead_letters(stack)
+    assert letter["Body"] == event["Records"][0]["body"]
+    attrs = attributes(letter)
+    assert attrs["dlq_reason"] == f"retries exhausted, last verdict {code}"
+    assert (attrs["tiktok_code"], attrs["attempts"]) == (code, "4")
+    assert attrs["tiktok_message"]
+    logs = output()
+    assert logged(logs, "dead-lettered")["message_ids"] == ["m0"]
+    assert logged(logs, "events stay queued")["message_ids"] == ["m1"]
+
+
+def test_a_configuration_error_on_the_last_try_is_dead_lettered_with_the_reason(
+    tiktok: Emulator, stack: Stack, bridge_secret: dict[str, str], output: Callable[[], str]
+) -> None:
+    stack.put_secret({**bridge_secret, "access_token": "revoked-token", "event_set_id": ""})
+    event = sqs_event([mapped(0), mapped(1), mapped(2, OFFLINE), mapped(3, OFFLINE)], receives=[1, 4, 1, 4])
+    assert invoke(event) == ["m0", "m2"]
+    verdicts = {
+        letter["Body"]: (attributes(letter)["tiktok_code"], attributes(letter)["tiktok_message"])
+        for letter in dead_letters(stack)
+    }
+    web, offline = (verdicts[record["body"]] for record in event["Records"][1::2])
+    assert web == ("40105", "Access token is incorrect or has been revoked.")
+    assert offline == ("no_source_id", "the secret has no event_set_id")
+    assert emf_metrics(output())["EventsHeldByConfigError"] == [2]
+
+
+def test_a_token_that_is_not_ascii_holds_the_records(
+    tiktok: Emulator, stack: Stack, bridge_secret: dict[str, str], output: Callable[[], str]
+) -> None:
+    """A configuration error (the secret is re-read once), not a crash of every batch."""
+    stack.put_secret({**bridge_secret, "access_token": "t\u00f6ken-\u20ac"})
+    assert invoke(sqs_event([mapped(0), mapped(1, OFFLINE)])) == ["m0", "m1"]
+    assert tiktok.request_count == 0
+    assert dead_letters(stack) == []
+    assert emf_metrics(output())["EventsHeldByConfigError"] == [2]  # what SenderConfigErrorAlarm watches
+
+
+def test_a_drip_fed_answer_ends_at_the_deadline(
+    tiktok: Emulator, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each byte of the answer comes well within a read timeout, the whole answer takes minutes: the call ends
+    at the invocation's deadline (20 s, less the margin), and every record is held or dead-lettered with the
+    verdict."""
+    monkeypatch.setenv("TIKTOK_TIMEOUT_S", "60")  # the deadline is what ends the call
+    tiktok.set_faults(drip=10, drip_s=0.5)
+    events = [mapped(n) for n in range(4)] + [mapped(n, OFFLINE) for n in range(2)]
+    event = sqs_event(events, receives=[1, 1, 1, 4, 1, 1])
+    started = time.monotonic()
+    assert invoke(event, seconds=20) == ["m0", "m1", "m2", "m4", "m5"]  # offline: never posted
+    assert time.monotonic() - started < 20 - sender.MAX_MARGIN_S + 1
+    assert tiktok.request_count == 1
+    [letter] = dead_letters(stack)
+    assert letter["Body"] == event["Records"][3]["body"]
+    assert attributes(letter)["dlq_reason"] == "retries exhausted, last verdict timeout"
+    assert attributes(letter)["tiktok_code"] == "timeout"
+
+
+def test_records_not_posted_before_the_deadline_stay_queued(tiktok: Emulator) -> None:
+    tiktok.set_faults(delay_s=5)
+    started = time.monotonic()
+    assert invoke(sqs_event([mapped(0), mapped(1, OFFLINE)]), seconds=2) == ["m0", "m1"]
+    assert time.monotonic() - started < 2
+    assert tiktok.request_count == 1  # offline: no time left to post it
+
+
+def test_an_answer_about_the_request_itself_holds_the_records(
+    tiktok: Emulator, stack: Stack, monkeypatch: pytest.MonkeyPatch, output: Callable[[], str]
+) -> None:
+    """Both halves rejected like the whole (here: for the source id) is a configuration error, not 1,000
+    events to isolate one by one and dead-letter."""
+
+    def refuse(body: Any) -> dict[str, Any]:
+        raise _invalid("event_source_id", "not a valid pixel code")
+
+    monkeypatch.setattr(tiktok, "_validate", refuse)
+    started = time.monotonic()
+    assert len(invoke(sqs_event([mapped(n) for n in range(1000)]), seconds=20)) == 1000
+    assert time.monotonic() - started < 20
+    assert tiktok.request_count == 3
+    assert dead_letters(stack) == []
+    assert emf_metrics(output())["EventsHeldByConfigError"] == [1000]
+
+
+def test_splitting_is_capped(tiktok: Emulator, stack: Stack) -> None:
+    """A batch of bad events (each refused with its own message) is isolated as far as MAX_SPLIT_REQUESTS
+    go; the rest stays queued for the next try."""
+    tiktok.set_faults(poison_marker="POISON")
+    event = sqs_event([mapped(n, description="POISON") for n in range(1000)])
+    started = time.monotonic()
+    kept = set(invoke(event, seconds=20))
+    assert time.monotonic() - started < 20
+    assert tiktok.request_count == 1 + sender.MAX_SPLIT_REQUESTS
+    letters = dead_letters(stack)
+    assert {attributes(letter)["tiktok_code"] for letter in letters} == {"40002"}
+    dead = {letter["Body"] for letter in letters}
+    assert len(dead) + len(kept) == 1000
+    assert not {record["body"] for record in event["Records"] if record["messageId"] in kept} & dead
+
+
+def test_a_record_back_after_its_last_try_is_dead_lettered_before_any_request(
+    tiktok: Emulator, stack: Stack
+) -> None:
+    """Its last try ended without a verdict (the invocation crashed): SQS would move it without a reason on
+    the next receive, so the sender moves it first thing, before a crash while posting could happen again."""
+    event = sqs_event([mapped(0), mapped(1)], receives=[5, 1])
+    assert invoke(event) == []
+    assert tiktok.request_count == 1 and {key[2] for key in tiktok.delivered_keys()} == {"msg-web-00001"}
+    [letter] = dead_letters(stack)
+    assert letter["Body"] == event["Records"][0]["body"]
+    attrs = attributes(letter)
+    assert attrs["dlq_reason"] == "retries exhausted, last verdict unfinished"
+    assert (attrs["tiktok_code"], attrs["attempts"]) == ("unfinished", "5")
+
+
+def test_sending_to_the_dlq_is_retried(
+    tiktok: Emulator, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    send_batch = queue.send_batch
+    calls: list[int] = []
+
+    def flaky(sqs: Any, url: str, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        calls.append(len(batch))
+        return batch if len(calls) < 3 else send_batch(sqs, url, batch)  # SQS fails twice, then recovers
+
+    monkeypatch.setattr(queue, "send_batch", flaky)
+    tiktok.set_faults(poison_marker="POISON")
+    assert invoke(sqs_event([mapped(0, description="POISON"), mapped(1)])) == []
+    assert len(calls) == 3
+    assert [attributes(letter)["tiktok_code"] for letter in dead_letters(stack)] == ["40002"]

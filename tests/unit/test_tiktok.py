@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
+import time
+import tracemalloc
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -16,7 +19,8 @@ from tiktok_bridge import tiktok
 from tiktok_bridge.emulator import Emulator
 from tiktok_bridge.tiktok import Action, classify, track
 
-DELIVERED, RETRY, AUTH, INVALID = Action.DELIVERED, Action.RETRY, Action.AUTH, Action.INVALID
+DELIVERED, PARTIAL, BUSY, RETRY = Action.DELIVERED, Action.PARTIAL, Action.BUSY, Action.RETRY
+AUTH, INVALID = Action.AUTH, Action.INVALID
 BODY = {
     "event_source": "web",
     "event_source_id": "PIXEL123",
@@ -32,9 +36,9 @@ def answer(code: object, message: object = "msg", **extra: Any) -> bytes:
     ("code", "action"),
     [
         (0, DELIVERED),
-        (20001, DELIVERED),
-        *[(code, RETRY) for code in (40100, 40016, 40132, 40133, 61000)],  # throttled
-        (40202, RETRY),  # write conflict
+        (20001, PARTIAL),  # some events not accepted, none named: never a delivery
+        *[(code, BUSY) for code in (40100, 40016, 40132, 40133, 61000)],  # throttled
+        (40202, BUSY),  # write conflict
         *[(code, RETRY) for code in (50000, 50002, 51000, 52345, 53999, 60001)],  # TikTok-side fault
         *[(code, AUTH) for code in (40104, 40105, 40102, 40001)],
         *[(code, INVALID) for code in (40002, 40000, 40061, 40062, 40003, 41000, 49999)],
@@ -48,10 +52,12 @@ def test_every_code_of_the_table(code: int, action: Action) -> None:
     assert verdict == tiktok.Verdict(action, str(code), "TikTok says", "req-1")
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504, 599, 429])
-def test_transport_statuses_retry_whatever_the_body(status: int) -> None:
+@pytest.mark.parametrize(
+    ("status", "action"), [*[(s, RETRY) for s in (500, 502, 503, 504, 599)], (429, BUSY)]
+)
+def test_transport_statuses_retry_whatever_the_body(status: int, action: Action) -> None:
     for body in (answer(0), answer(40002), b"<html>Bad Gateway</html>"):
-        assert classify(status, body) == tiktok.Verdict(RETRY, f"http_{status}")
+        assert classify(status, body) == tiktok.Verdict(action, f"http_{status}")
 
 
 @pytest.mark.parametrize(
@@ -111,6 +117,8 @@ class Canned(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in self.server.headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -120,13 +128,14 @@ class Canned(BaseHTTPRequestHandler):
 
 class CannedServer(ThreadingHTTPServer):
     reply: tuple[int, str, bytes] = (200, "application/json", answer(0, "OK"))
+    headers: dict[str, str]  # more response headers
     received: list[tuple[str, dict[str, str], bytes]]
 
 
 @pytest.fixture
 def canned() -> Iterator[CannedServer]:
     server = CannedServer(("127.0.0.1", 0), Canned)
-    server.received = []
+    server.received, server.headers = [], {}
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield server
@@ -146,6 +155,7 @@ def test_track_posts_the_body_with_token_and_json_headers(canned: CannedServer) 
     assert path == "/open_api/v1.3/event/track/"
     assert headers["Access-Token"] == "tok-123"
     assert headers["Content-Type"] == "application/json"
+    assert headers["Accept-Encoding"] == "identity"
     assert json.loads(raw) == BODY
 
 
@@ -169,7 +179,9 @@ def test_track_unusable_answers_retry(canned: CannedServer, reply: tuple[int, st
 
 def test_track_maps_tiktok_codes(canned: CannedServer) -> None:
     canned.reply = (200, "application/json", answer(40100, "App reaches the QPS limit."))
-    assert track(url_of(canned), "tok", BODY, 5).action is RETRY
+    assert track(url_of(canned), "tok", BODY, 5).action is BUSY
+    canned.reply = (200, "application/json", answer(20001, "Partial success."))
+    assert track(url_of(canned), "tok", BODY, 5).action is PARTIAL
     canned.reply = (200, "application/json", answer(40002, "Invalid value for event_id: not a valid string."))
     assert track(url_of(canned), "tok", BODY, 5).action is INVALID
 
@@ -206,3 +218,36 @@ def test_track_against_the_emulator_codes() -> None:
         invalid = track(emulator.url, "tok", bad, 5)
         assert (invalid.action, invalid.code) == (INVALID, "40002")
         assert invalid.message.startswith("Invalid value for event_id: not a valid string.")
+
+
+def test_track_has_a_wall_clock_deadline() -> None:
+    """An answer dripped a byte at a time (status line and headers too) never times out a read; the call ends
+    at its deadline all the same."""
+    with Emulator(access_token="tok", source_ids=["PIXEL123"]) as emulator:
+        emulator.set_faults(drip=1, drip_s=0.05)  # some 250 bytes: over 12 s for the whole answer
+        started = time.monotonic()
+        assert track(emulator.url, "tok", BODY, 1) == tiktok.Verdict(RETRY, "timeout")
+        assert time.monotonic() - started < 1.5
+        assert emulator.request_count == 1
+
+
+def test_track_reads_a_compressed_answer_as_sent_and_bounded(canned: CannedServer) -> None:
+    """A gzip bomb (64 MB of zeros in 64 KB) is not inflated: TikTok is asked for identity, and what it sends
+    is read raw, at most MAX_RESPONSE_BYTES."""
+    canned.reply = (200, "application/json", gzip.compress(bytes(64 * 1024 * 1024)))
+    canned.headers = {"Content-Encoding": "gzip"}
+    tracemalloc.start()
+    try:
+        verdict = track(url_of(canned), "tok", BODY, 5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert verdict == tiktok.Verdict(RETRY, "bad_response")
+    assert peak < 4 * 1024 * 1024
+
+
+@pytest.mark.parametrize("token", ["t\u00f6ken", "tok\u20ac", "tok\nen", "tok\x00"])
+def test_track_a_token_that_cannot_be_a_header_is_an_auth_error(canned: CannedServer, token: str) -> None:
+    verdict = track(url_of(canned), token, BODY, 5)
+    assert verdict == tiktok.Verdict(AUTH, "invalid_token", "The access token is not printable ASCII.")
+    assert canned.received == []

@@ -1,7 +1,7 @@
 """A local stand-in for TikTok's Events API 2.0 `POST /open_api/v1.3/event/track/` (SPEC §5).
 
 It validates like TikTok, answers TikTok's envelope `{code, message, request_id, data}` with HTTP 200, keeps
-a record of accepted requests and dedup keys, and injects faults on demand. Error messages never echo values.
+a record of accepted events and dedup keys, and injects faults on demand. Error messages never echo values.
 Over HTTP: `GET /_emulator/requests` returns the accepted request bodies, `POST /_emulator/faults` sets fault
 switches (JSON, the flags' names with `_`), `POST /_emulator/reset` clears both.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import math
 import re
@@ -36,14 +37,17 @@ HASHED_FIELDS = ("email", "phone", "external_id", "first_name", "last_name", "zi
 OFFLINE_IDENTIFIERS = ("email", "phone", "external_id")
 EARLIEST_EVENT_TIME = 1_000_000_000  # 2001-09-09: anything earlier is not a real Unix-seconds event time
 MAX_FUTURE_S = 86_400
+MAX_DEPTH = 32  # JSON nesting; TikTok's deepest field (data[].properties.contents[].price) is 6 levels down
+MAX_INT = 2**63  # integers beyond 64 bits are out of range (a 400-digit one is no number TikTok can take)
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
-OK, INVALID_REQUEST, INVALID_PARAM, THROTTLED = 0, 40000, 40002, 40100
+OK, PARTIAL, INVALID_REQUEST, INVALID_PARAM, THROTTLED = 0, 20001, 40000, 40002, 40100
 NO_PERMISSION, TOKEN_MISSING, TOKEN_INVALID = 40001, 40104, 40105
 
 
 class Faults(BaseModel):
-    """Fault switches. Counters apply to the next N track requests, in order: drop, HTTP error, throttle."""
+    """Fault switches. Counters apply to the next N track requests, in order: drop, HTTP error, throttle
+    (and drip, to the answers of the next N requests that are not dropped or HTTP errors)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -53,10 +57,17 @@ class Faults(BaseModel):
     http_status: int = Field(500, ge=400, le=599, description="HTTP status used by `http_errors`")
     throttle: int = Field(0, ge=0, description="answer the next N requests with code 40100")
     delay_s: float = Field(0.0, ge=0, le=600, description="wait this long before answering every request")
+    drip: int = Field(0, ge=0, description="send the next N answers a byte at a time, `drip_s` apart")
+    drip_s: float = Field(0.1, ge=0, le=60, description="seconds between the bytes of a dripped answer")
     poison_marker: str = Field(
         "",
         description="reject (40002) a batch with an event whose event_id or properties.description has this",
     )
+    partial_marker: str = Field(
+        "",
+        description="refuse the events with this (as poison_marker), accept the rest and answer 20001",
+    )
+    crash_marker: str = Field("", description="answer HTTP 500 to a batch with an event with this")
 
 
 class _Reject(Exception):
@@ -75,6 +86,7 @@ class _Reply:
     payload: bytes = b""
     content_type: str = "application/json"
     delay_s: float = 0.0
+    drip_s: float = 0.0
     drop: bool = False
 
 
@@ -170,23 +182,45 @@ def _check_event(event: object, index: int, source: str, strict: bool, now: floa
         raise _invalid("page", "not allowed for offline events", index)
 
 
-def _find_poison(data: list[dict[str, Any]], marker: str) -> None:
-    for index, event in enumerate(data):
-        texts = (event.get("event_id"), event.get("properties", {}).get("description"))
-        if any(isinstance(t, str) and marker in t for t in texts):
-            raise _Reject(
-                INVALID_PARAM, f"Event data[{index}] (event_id {event.get('event_id')!r}) is poisoned."
-            )
+def _marked(data: list[dict[str, Any]], marker: str) -> list[int]:
+    """Indexes of the events whose event_id or properties.description contains `marker` (none if unset)."""
+    if not marker:
+        return []
+    texts = [(event.get("event_id"), event.get("properties", {}).get("description")) for event in data]
+    return [n for n, pair in enumerate(texts) if any(isinstance(t, str) and marker in t for t in pair)]
+
+
+def _depth(value: Any) -> int:
+    """How many levels of arrays and objects nest below `value`, counted level by level (no recursion)."""
+    depth, level = 0, [value]
+    while level := [
+        child
+        for node in level
+        if isinstance(node, dict | list)
+        for child in (node.values() if isinstance(node, dict) else node)
+    ]:
+        depth += 1
+    return depth
 
 
 def _parse_json(raw: bytes) -> Any:
+    """The request body; numbers and nesting TikTok cannot take are 40002, never a crash later."""
+
     def no_constants(name: str) -> None:
         raise ValueError(f"{name} is not valid JSON")
 
+    def bounded_int(digits: str) -> int:
+        if len(digits) > 20 or not -MAX_INT <= (value := int(digits)) < MAX_INT:
+            raise _invalid("request body", "a number is out of range")
+        return value
+
     try:
-        return json.loads(raw, parse_constant=no_constants)
+        body = json.loads(raw, parse_constant=no_constants, parse_int=bounded_int)
     except (ValueError, RecursionError):
         raise _Reject(INVALID_REQUEST, "Request body is not valid JSON.") from None
+    if _depth(body) > MAX_DEPTH:
+        raise _invalid("request body", f"nested deeper than {MAX_DEPTH} levels")
+    return body
 
 
 class Emulator:
@@ -249,7 +283,7 @@ class Emulator:
         return self._request_count
 
     def accepted_requests(self) -> list[dict[str, Any]]:
-        """Bodies of the track requests answered with code 0, oldest first."""
+        """Bodies of the requests answered with code 0 or 20001 (with their accepted events), oldest first."""
         with self._lock:
             return copy.deepcopy(self._accepted)
 
@@ -304,7 +338,10 @@ class Emulator:
                 return _Reply(faults.http_status, text, "text/plain; charset=utf-8", faults.delay_s)
             throttled = faults.throttle > 0 or not self._admit()
             faults.throttle = max(0, faults.throttle - 1)
-            poison, delay = faults.poison_marker, faults.delay_s
+            drip_s = faults.drip_s if faults.drip else 0.0
+            faults.drip = max(0, faults.drip - 1)
+            faults = faults.model_copy()
+        reply = partial(_Reply, delay_s=faults.delay_s, drip_s=drip_s)
         try:
             if throttled:
                 raise _Reject(THROTTLED, "App reaches the QPS limit.")
@@ -314,11 +351,22 @@ class Emulator:
                 raise _Reject(TOKEN_INVALID, "Access token is incorrect or has been revoked.")
             if isinstance(raw, _Reject):
                 raise raw
-            self._accept(self._validate(_parse_json(raw), poison))
-            answer = _envelope(OK, "OK")
+            body = self._validate(_parse_json(raw))
+            data = body["data"]
+            if poisoned := _marked(data, faults.poison_marker):
+                index = poisoned[0]
+                event_id = data[index].get("event_id")
+                raise _Reject(INVALID_PARAM, f"Event data[{index}] (event_id {event_id!r}) is poisoned.")
+            if _marked(data, faults.crash_marker):
+                return reply(500, b"HTTP 500: the TikTok emulator crashed", "text/plain; charset=utf-8")
+            refused = set(_marked(data, faults.partial_marker))
+            if accepted := [event for n, event in enumerate(data) if n not in refused]:
+                self._accept({**body, "data": accepted})
+            # TikTok's 20001 names no event (SPEC §4.1): neither does the emulator's.
+            answer = _envelope(PARTIAL, "Partial success.") if refused else _envelope(OK, "OK")
         except _Reject as reject:
             answer = _envelope(reject.code, reject.message)
-        return _Reply(200, json.dumps(answer).encode(), delay_s=delay)
+        return reply(200, json.dumps(answer).encode())
 
     def _admit(self) -> bool:
         """Sliding one-second window rate limiter (caller holds the lock)."""
@@ -330,7 +378,7 @@ class Emulator:
         self._window.append(now)
         return True
 
-    def _validate(self, body: Any, poison: str) -> dict[str, Any]:
+    def _validate(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise _invalid("request body", "not a valid JSON object")
         source, source_id, data = body.get("event_source"), body.get("event_source_id"), body.get("data")
@@ -351,8 +399,6 @@ class Emulator:
         now = time.time()
         for index, event in enumerate(data):
             _check_event(event, index, source, self.strict, now)
-        if poison:
-            _find_poison(data, poison)
         return body
 
     def _accept(self, body: dict[str, Any]) -> None:
@@ -364,6 +410,21 @@ class Emulator:
                     key = (body["event_source_id"], event["event"], event["event_id"])
                     self._duplicate_count += key in self._keys
                     self._keys.add(key)
+
+
+class _Dripping(io.BufferedIOBase):
+    """Writes to `out` a byte at a time, `interval_s` apart: every read of the client's is quick, the answer
+    is slow."""
+
+    def __init__(self, out: io.BufferedIOBase, interval_s: float, wait: Callable[[float], None]) -> None:
+        super().__init__()
+        self._out, self._interval_s, self._wait = out, interval_s, wait
+
+    def write(self, data: Any, /) -> int:
+        for byte in bytes(data):
+            self._out.write(bytes((byte,)))
+            self._wait(self._interval_s)
+        return len(data)
 
 
 class _Server(ThreadingHTTPServer):
@@ -395,9 +456,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path == TRACK_PATH:
             reply = self.emulator.track(self.headers.get("Access-Token"), raw)
             self.emulator.wait(reply.delay_s)
-            if reply.drop:
+            if reply.drip_s:  # for the rest of the connection, which ends with this answer
+                self.wfile = _Dripping(self.wfile, reply.drip_s, self.emulator.wait)
+            if reply.drop or reply.drip_s:
                 self.close_connection = True
-            else:
+            if not reply.drop:
                 self._send(reply.status, reply.payload, reply.content_type)
         elif path == "/_emulator/faults":
             self._set_faults(raw)
