@@ -56,7 +56,8 @@ def bridge_secret() -> dict[str, str]:
 @pytest.fixture
 def stack(aws: None, monkeypatch: pytest.MonkeyPatch) -> Stack:
     """template.yaml's queue, DLQ and secret in moto, the secret filled with TEST_SECRET, and the
-    functions' environment (SECRET_ID, QUEUE_URL, DLQ_URL, POWERTOOLS_*...) set as the handlers see it."""
+    functions' environment (TIKTOK_SECRET_ID, WEBHOOK_SECRET_ID, QUEUE_URL, DLQ_URL, POWERTOOLS_*...) set as
+    the handlers see it."""
     created = create_stack(region=REGION)
     created.put_secret(TEST_SECRET)
     for name, value in created.environment().items():

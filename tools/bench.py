@@ -579,8 +579,8 @@ def bench_pipeline(
             "sender_memory_mb": stack.sender.memory_mb,
             "ingest_peak_rss_mb": rss["ingest"],
             "sender_peak_rss_mb": rss["sender"],
-            # Secrets each instance reads (every SECRET_CACHE_S): ingest the bridge secret and the token's.
-            "ingest_secrets_read": 1 + bool(stack.token_secret_id),
+            # Secrets each instance reads (every SECRET_CACHE_S): ingest the webhook secret and the token's.
+            "ingest_secrets_read": len({stack.secret_of("webhook_secret"), stack.secret_of("webhook_token")}),
             "sender_secrets_read": 1,
         },
         "logs": {

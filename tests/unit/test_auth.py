@@ -233,3 +233,32 @@ def test_first_element_is_exactly_the_first_serialised_element(elements: list[An
     parts = [json.dumps(e, ensure_ascii=False, indent=1 if gap else None) for e in elements]
     raw = f"{gap}[{gap}{(gap + ',' + gap).join(parts)}{gap}]{gap}".encode()
     assert first_element(raw) == parts[0].encode()
+
+
+def test_during_a_rotation_the_previous_secret_and_token_still_prove_a_request() -> None:
+    fixture = FIXTURES["single"]
+    raw, old_signature = fixture["body"].encode(), {"X-Signature": fixture["signature"]}
+    rotating = BridgeSecret.parse(
+        {
+            "webhook_secret": "new-secret",
+            "previous_webhook_secret": SECRET,
+            "webhook_token": "new-token",
+            "previous_webhook_token": TOKEN,
+        }
+    )
+    for token in ("new-token", TOKEN):
+        headers = {**old_signature, "Authorization": bearer(token)}
+        assert authenticate(raw, headers, rotating, first_element="with-token") is Proof.BODY
+    new_signature = {"X-Signature": signature("new-secret", raw), "Authorization": bearer("new-token")}
+    assert authenticate(raw, new_signature, rotating, first_element="with-token") is Proof.BODY
+    wrong = {**old_signature, "Authorization": bearer("older-token")}
+    assert authenticate(raw, wrong, rotating, first_element="with-token") is None
+
+
+def test_a_previous_value_alone_configures_nothing() -> None:
+    """An empty current secret or token turns that credential off; a previous value alone is none."""
+    fixture = FIXTURES["single"]
+    raw = fixture["body"].encode()
+    only_previous = BridgeSecret.parse({"previous_webhook_secret": SECRET, "previous_webhook_token": TOKEN})
+    headers = {"X-Signature": fixture["signature"], "Authorization": bearer()}
+    assert authenticate(raw, headers, only_previous, first_element="with-token") is None

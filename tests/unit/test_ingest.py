@@ -136,7 +136,7 @@ def test_missing_headers_and_odd_content_type(bridge: Stack) -> None:
 
 
 def test_secret_that_cannot_be_read_answers_503(bridge: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SECRET_ID", "no-such-secret")
+    monkeypatch.setenv("WEBHOOK_SECRET_ID", "no-such-secret")
     assert post(json.dumps(track(1)))[0] == 503
 
 
@@ -411,3 +411,33 @@ def test_each_rejected_or_skipped_event_is_logged_with_its_id_type_and_reason(
     ]
     assert [(blob["Reason"], blob["EventsRejectedByReason"]) for blob in blobs] == [("invalid event", [1.0])]
     assert not [pii for pii in PII for line in lines if pii.lower() in json.dumps(line).lower()]
+
+
+def test_a_rotation_refuses_no_event_and_takes_effect_at_once(
+    bridge: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old and new webhook secret and token are both accepted during the overlap; the new ones work on the
+    first request (a refused request re-reads the secrets), and a refusal re-reads at most once a minute."""
+    body = json.dumps(track(1)).encode()
+
+    def signed(secret: str, token: str) -> dict[str, str]:
+        return {"X-Signature": signature(secret, body), "Authorization": f"Bearer {token}"}
+
+    assert post(body, signed(DEMO_WEBHOOK_SECRET, DEMO_WEBHOOK_TOKEN))[0] == 200  # secrets now cached
+    secrets = boto3.client("secretsmanager")
+    rotated = {"webhook_secret": "new-secret", "previous_webhook_secret": DEMO_WEBHOOK_SECRET}
+    secrets.put_secret_value(SecretId=bridge.secret_of("webhook_secret"), SecretString=json.dumps(rotated))
+    token = {"webhook_token": "new-token", "previous_webhook_token": DEMO_WEBHOOK_TOKEN}
+    secrets.put_secret_value(SecretId=bridge.secret_of("webhook_token"), SecretString=json.dumps(token))
+    reads: list[bool] = []
+    fetch = ingest.fetch_secret
+    monkeypatch.setattr(
+        ingest, "fetch_secret", lambda *a, **k: reads.append(k.get("force", False)) or fetch(*a, **k)
+    )
+    assert post(body, signed("new-secret", "new-token"))[0] == 200  # refused by the cache, then re-read
+    assert reads.count(True) == 2  # both secrets, once
+    assert post(body, signed(DEMO_WEBHOOK_SECRET, DEMO_WEBHOOK_TOKEN))[0] == 200  # the previous values
+    assert post(body, signed("new-secret", DEMO_WEBHOOK_TOKEN))[0] == 200
+    assert post(body, signed("wrong", "new-token"))[0] == 401
+    assert post(body, signed("wrong", "new-token"))[0] == 401
+    assert reads.count(True) == 2  # no re-read within the minute

@@ -69,7 +69,9 @@ def test_sender_event_source_and_function_settings_come_from_the_template(stack:
 def test_function_environments_resolve_refs_to_the_created_resources(stack: Stack) -> None:
     assert stack.ingest.environment["QUEUE_URL"] == stack.queue_url
     assert stack.sender.environment["DLQ_URL"] == stack.dlq_url
-    assert stack.ingest.environment["SECRET_ID"] == stack.sender.environment["SECRET_ID"] == stack.secret_id
+    assert stack.ingest.environment["WEBHOOK_SECRET_ID"] == stack.secret_of("webhook_secret")
+    assert stack.ingest.environment["WEBHOOK_TOKEN_SECRET_ID"] == stack.secret_of("webhook_token")
+    assert stack.sender.environment["TIKTOK_SECRET_ID"] == stack.secret_of("access_token")
     assert stack.ingest.environment["MAX_BODY_BYTES"] == "5000000"  # a parameter's default
     assert stack.sender.environment["POWERTOOLS_METRICS_NAMESPACE"] == "TikTokBridge"  # from Globals
 
@@ -79,9 +81,11 @@ def test_stack_fixture_sets_the_handler_environment_and_fills_the_secret(
 ) -> None:
     assert os.environ["QUEUE_URL"] == stack.queue_url
     assert os.environ["DLQ_URL"] == stack.dlq_url
-    assert os.environ["SECRET_ID"] == stack.secret_id
+    assert os.environ["TIKTOK_SECRET_ID"] == stack.secret_of("access_token")
     assert os.environ["TIKTOK_BASE_URL"].startswith("http://127.0.0.1")  # never the real TikTok in tests
-    raw = boto3.client("secretsmanager").get_secret_value(SecretId=stack.secret_id)["SecretString"]
+    raw = boto3.client("secretsmanager").get_secret_value(SecretId=stack.secret_of("pixel_code"))[
+        "SecretString"
+    ]
     secret = BridgeSecret.parse(raw)
     assert secret.access_token.get_secret_value() == bridge_secret["access_token"] == "test-token"
     assert secret.source_ids() == {"pixel_code": "PIXEL123", "event_set_id": "EVENTSET123"}
@@ -90,13 +94,30 @@ def test_stack_fixture_sets_the_handler_environment_and_fills_the_secret(
 @pytest.mark.usefixtures("aws")
 def test_generated_secret_follows_generate_secret_string() -> None:
     stack = create_stack(TEMPLATE)
-    raw = json.loads(
-        boto3.client("secretsmanager").get_secret_value(SecretId=stack.secret_id)["SecretString"]
-    )
-    generate = TEMPLATE["Resources"]["BridgeSecret"]["Properties"]["GenerateSecretString"]
-    assert set(raw) == set(json.loads(generate["SecretStringTemplate"])) | {generate["GenerateStringKey"]}
-    assert len(raw["webhook_secret"]) == generate["PasswordLength"]
-    assert raw["webhook_secret"].isalnum()  # ExcludePunctuation
+    for logical_id, key in (("WebhookSecret", "webhook_secret"), ("WebhookTokenSecret", "webhook_token")):
+        raw = json.loads(
+            boto3.client("secretsmanager").get_secret_value(SecretId=stack.secret_of(key))["SecretString"]
+        )
+        generate = TEMPLATE["Resources"][logical_id]["Properties"]["GenerateSecretString"]
+        assert set(raw) == set(json.loads(generate["SecretStringTemplate"])) | {generate["GenerateStringKey"]}
+        assert len(raw[key]) == generate["PasswordLength"]
+        assert raw[key].isalnum()  # ExcludePunctuation
+
+
+@pytest.mark.usefixtures("aws")
+def test_put_secret_sends_each_key_to_the_secret_that_declares_it() -> None:
+    stack = create_stack(TEMPLATE)
+    stack.put_secret({"access_token": "t", "webhook_secret": "s", "webhook_token": "b"})
+    read = boto3.client("secretsmanager").get_secret_value
+    assert json.loads(read(SecretId=stack.secret_of("access_token"))["SecretString"]) == {"access_token": "t"}
+    assert json.loads(read(SecretId=stack.secret_of("webhook_secret"))["SecretString"]) == {
+        "webhook_secret": "s"
+    }
+    assert json.loads(read(SecretId=stack.secret_of("webhook_token"))["SecretString"]) == {
+        "webhook_token": "b"
+    }
+    with pytest.raises(TemplateError, match="no secret of the template holds 'nonsense'"):
+        stack.put_secret({"nonsense": "x"})
 
 
 @pytest.mark.usefixtures("aws")
@@ -135,7 +156,7 @@ def test_parameters_override_defaults_and_unknown_ones_are_refused() -> None:
             lambda d: d["Resources"]["EventsQueue"]["Properties"].update(Bogus=1),
             "unsupported queue properties Bogus",
         ),
-        (lambda d: d["Resources"].pop("BridgeSecret"), "no resource BridgeSecret"),
+        (lambda d: d["Resources"].pop("TikTokSecret"), "no resource TikTokSecret"),
         (
             lambda d: d["Resources"]["EventsQueue"].update(Type="AWS::SNS::Topic"),
             "EventsQueue must be AWS::SQS::Queue",

@@ -1,6 +1,7 @@
 """Webhook authentication (SPEC §2): Segment's HMAC-SHA1 `X-Signature` and/or a Bearer or Basic token.
 
-Every credential the secret configures must be proven: `webhook_secret` (signature), `webhook_token` (token),
+Every credential the secrets configure must be proven (the current value, or the previous one while a rotation
+is under way): `webhook_secret` (signature), `webhook_token` (token),
 or both (the template generates both). With neither configured every request is refused. A signature that
 covers only the first element of a batch (Segment's Actions webhook) proves only that element, so it counts
 as `FirstElementSignature` says (settings.py). All comparisons are constant-time.
@@ -16,6 +17,8 @@ import json
 import re
 from collections.abc import Mapping
 from enum import Enum
+
+from pydantic import SecretStr
 
 from tiktok_bridge.secret import BridgeSecret
 from tiktok_bridge.settings import FirstElementSignature
@@ -107,6 +110,12 @@ def token_matches(header: str, token: str) -> bool:
     return _same(token, user) | _same(token, password)  # both compared: no timing hint which one matched
 
 
+def _current_and_previous(current: SecretStr, previous: SecretStr) -> list[str]:
+    """The values a credential accepts during a rotation; none when the current one is not configured."""
+    value = current.get_secret_value()
+    return [value, *filter(None, [previous.get_secret_value()])] if value else []
+
+
 def authenticate(
     raw: bytes, headers: Mapping[str, str], secret: BridgeSecret, *, first_element: FirstElementSignature
 ) -> Proof | None:
@@ -116,19 +125,21 @@ def authenticate(
     when `first_element` is "without-token" (then it proves the first event only).
     """
     headers = {name.lower(): value for name, value in headers.items()}
-    webhook_secret = secret.webhook_secret.get_secret_value()
-    webhook_token = secret.webhook_token.get_secret_value()
-    if not webhook_secret and not webhook_token:
+    webhook_secrets = _current_and_previous(secret.webhook_secret, secret.previous_webhook_secret)
+    webhook_tokens = _current_and_previous(secret.webhook_token, secret.previous_webhook_token)
+    if not webhook_secrets and not webhook_tokens:
         return None
-    if webhook_token and not token_matches(headers.get("authorization", ""), webhook_token):
+    authorization = headers.get("authorization", "")
+    if webhook_tokens and not any(token_matches(authorization, token) for token in webhook_tokens):
         return None
-    if not webhook_secret:
+    if not webhook_secrets:
         return Proof.BODY
-    proof = signature_proof(raw, headers.get("x-signature", ""), webhook_secret)
+    given = headers.get("x-signature", "")
+    proof = next(filter(None, (signature_proof(raw, given, key) for key in webhook_secrets)), None)
     if proof is Proof.FIRST_ELEMENT:
         if first_element == "refused":
             return None
-        if webhook_token:
+        if webhook_tokens:
             return Proof.BODY
         return proof if first_element == "without-token" else None
     return proof

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import functools
+import math
 import re
+import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics, single_metric
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 
 ROUTE = "/v1/events"
 MAX_ID_CHARS = 100  # of a messageId in a log line (it is the sender's to choose)
+REFRESH_AFTER_REFUSAL_S = 60
 UNAUTHORIZED = "invalid or missing signature/token"
 
 logger = Logger()
@@ -46,6 +50,7 @@ class Runtime:
     config: BridgeConfig
     sqs: SQSClient
     profiles: identity.ProfileStore | None  # None: no PROFILES_TABLE, or identity disabled in the config
+    refreshed_at: list[float] = field(default_factory=lambda: [-math.inf])  # secrets last re-read (monotonic)
 
 
 @functools.cache
@@ -129,13 +134,27 @@ def answer(events: list[object], result: MappingResult, report: queue.SendReport
     return {"error": "some events could not be enqueued; retry", "not_enqueued": not_enqueued, **body}, 503
 
 
-def credentials(settings: Settings) -> BridgeSecret:
-    """The webhook credentials: the bridge secret, with the token from its own generated secret when set."""
-    secret = fetch_secret(settings.secret_id)
+def credentials(settings: Settings, *, force: bool = False) -> BridgeSecret:
+    """The webhook credentials: the webhook secret, with the token from its own secret when there is one."""
+    secret = fetch_secret(settings.webhook_secret_id, force=force)
     if not settings.webhook_token_secret_id:
         return secret
-    token = fetch_secret(settings.webhook_token_secret_id).webhook_token
-    return secret.model_copy(update={"webhook_token": token})
+    token = fetch_secret(settings.webhook_token_secret_id, force=force)
+    return secret.model_copy(
+        update={"webhook_token": token.webhook_token, "previous_webhook_token": token.previous_webhook_token}
+    )
+
+
+def authenticate(raw: bytes, headers: Mapping[str, str], settings: Settings) -> auth.Proof | None:
+    """What the request proves (auth.authenticate). A refused request re-reads the secrets, at most once every
+    REFRESH_AFTER_REFUSAL_S, so a rotated secret or token works at once, not after the 5-minute cache."""
+    mode = settings.first_element_signature
+    proof = auth.authenticate(raw, headers, credentials(settings), first_element=mode)
+    refreshed_at, now = runtime().refreshed_at, time.monotonic()
+    if proof is None and now - refreshed_at[0] >= REFRESH_AFTER_REFUSAL_S:
+        refreshed_at[0] = now
+        proof = auth.authenticate(raw, headers, credentials(settings, force=True), first_element=mode)
+    return proof
 
 
 @app.post(ROUTE)
@@ -149,11 +168,10 @@ def receive() -> Answer:
     if len(raw) > settings.max_body_bytes:
         return error(413, f"body is {len(raw)} bytes; the limit is {settings.max_body_bytes}")
     try:
-        secret = credentials(settings)
+        proof = authenticate(raw, event.headers, settings)
     except SecretError as exc:
-        logger.error("cannot read the bridge secret", extra={"reason": str(exc)})
+        logger.error("cannot read the webhook secrets", extra={"reason": str(exc)})
         return error(503, "authentication is temporarily unavailable; retry")
-    proof = auth.authenticate(raw, event.headers, secret, first_element=settings.first_element_signature)
     if proof is None:
         logger.warning("request refused: " + UNAUTHORIZED)
         return error(401, UNAUTHORIZED)

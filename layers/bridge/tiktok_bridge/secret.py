@@ -1,4 +1,5 @@
-"""The one Secrets Manager secret: TikTok credentials, source ids and the webhook secret."""
+"""The Secrets Manager secrets: the TikTok credentials and source ids (the sender's), the generated webhook
+secret and token (ingest's), each with the previous value accepted while a rotation is under way."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class SecretError(RuntimeError):
 
 
 class BridgeSecret(BaseModel):
-    """`{access_token, pixel_code, event_set_id, webhook_secret, webhook_token}`; unknown keys ignored."""
+    """Every key of the bridge's secrets (each function reads only its own); unknown keys are ignored."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
 
@@ -24,6 +25,8 @@ class BridgeSecret(BaseModel):
     event_set_id: str = ""
     webhook_secret: SecretStr = SecretStr("")
     webhook_token: SecretStr = SecretStr("")
+    previous_webhook_secret: SecretStr = SecretStr("")  # still accepted: Segment may not use the new one yet
+    previous_webhook_token: SecretStr = SecretStr("")
 
     def source_ids(self) -> dict[str, str]:
         """Source ids by the `Route.source_id_key` that names them."""
@@ -50,7 +53,7 @@ def fetch_secret(secret_id: str, *, force: bool = False) -> BridgeSecret:
     from aws_lambda_powertools.utilities import parameters
 
     if not secret_id:
-        raise SecretError("SECRET_ID is not set")
+        raise SecretError("the secret's id is not set (TIKTOK_SECRET_ID or WEBHOOK_SECRET_ID)")
     try:
         raw = parameters.get_secret(secret_id, max_age=SECRET_MAX_AGE_S, force_fetch=force)
     except parameters.exceptions.GetParameterError as exc:

@@ -44,7 +44,8 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
 class Settings:
     """What a Lambda needs to know about its deployment."""
 
-    secret_id: str = ""
+    tiktok_secret_id: str = ""  # the sender's: access token, pixel code, event set id
+    webhook_secret_id: str = ""  # ingest's: the webhook secret
     queue_url: str = ""
     dlq_url: str = ""
     config_text: str = ""
@@ -61,7 +62,8 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(
-            secret_id=env.get("SECRET_ID", ""),
+            tiktok_secret_id=env.get("TIKTOK_SECRET_ID", ""),
+            webhook_secret_id=env.get("WEBHOOK_SECRET_ID", ""),
             queue_url=env.get("QUEUE_URL", ""),
             dlq_url=env.get("DLQ_URL", ""),
             config_text=env.get("BRIDGE_CONFIG", ""),

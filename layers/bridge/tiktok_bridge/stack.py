@@ -29,8 +29,7 @@ DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "template.yaml"
 LOCAL_ACCOUNT_ID = "123456789012"  # moto's default account
 DEFAULT_STACK_NAME = "tiktok-bridge"
 
-QUEUE_ID, DLQ_ID, SECRET_ID = "EventsQueue", "EventsDeadLetterQueue", "BridgeSecret"
-TOKEN_SECRET_ID = "WebhookTokenSecret"
+QUEUE_ID, DLQ_ID = "EventsQueue", "EventsDeadLetterQueue"
 INGEST_ID, SENDER_ID = "IngestFunction", "SenderFunction"
 
 # CloudFormation AWS::SQS::Queue properties that are SQS attributes of the same name.
@@ -121,8 +120,7 @@ class Stack:
     queue_url: str
     queue_arn: str
     dlq_url: str
-    secret_id: str
-    token_secret_id: str | None  # the generated webhook token's own secret, if the template has one
+    secrets: dict[str, str]  # each key a template secret declares -> that secret's ARN
     visibility_timeout_s: int
     max_receive_count: int
     sender_batch_size: int
@@ -146,18 +144,24 @@ class Stack:
         """Both functions' environment variables in one mapping (sender values win on a conflict)."""
         return {**self.ingest.environment, **self.sender.environment}
 
+    def secret_of(self, key: str) -> str:
+        """The ARN of the secret that holds `key` (e.g. `access_token`, `webhook_secret`)."""
+        try:
+            return self.secrets[key]
+        except KeyError:
+            raise TemplateError(f"no secret of the template holds {key!r}") from None
+
     def put_secret(self, values: Mapping[str, Any]) -> None:
-        """Replace the secrets' values and drop Powertools' cached copies: `webhook_token` goes to the token's
-        own secret when the template has one (empty there when `values` has none), the rest to the bridge
-        secret."""
+        """Replace every secret's value with the `values` of the keys it holds (each key goes to the secret
+        that declares it) and drop Powertools' cached copies."""
         from aws_lambda_powertools.utilities import parameters
 
-        values = dict(values)
+        by_secret: dict[str, dict[str, Any]] = {arn: {} for arn in self.secrets.values()}
+        for key, value in values.items():
+            by_secret[self.secret_of(key)][key] = value
         secrets_manager = self.client("secretsmanager")
-        if self.token_secret_id:
-            token = {"webhook_token": values.pop("webhook_token", "")}
-            secrets_manager.put_secret_value(SecretId=self.token_secret_id, SecretString=json.dumps(token))
-        secrets_manager.put_secret_value(SecretId=self.secret_id, SecretString=json.dumps(values))
+        for arn, held in by_secret.items():
+            secrets_manager.put_secret_value(SecretId=arn, SecretString=json.dumps(held))
         parameters.clear_caches()  # type: ignore[no-untyped-call]
 
 
@@ -198,10 +202,12 @@ def create_stack(
         queue_url=builder.attributes(QUEUE_ID)["Ref"],
         queue_arn=builder.attributes(QUEUE_ID)["Arn"],
         dlq_url=builder.attributes(DLQ_ID)["Ref"],
-        secret_id=builder.attributes(SECRET_ID)["Ref"],
-        token_secret_id=(
-            builder.attributes(TOKEN_SECRET_ID)["Ref"] if TOKEN_SECRET_ID in builder.resources else None
-        ),
+        secrets={
+            key: builder.attributes(logical_id)["Ref"]
+            for logical_id, resource in builder.resources.items()
+            if resource.get("Type") == "AWS::SecretsManager::Secret"
+            for key in _secret_keys(builder.resource_properties(logical_id))
+        },
         visibility_timeout_s=int(queue.get("VisibilityTimeout", 30)),
         max_receive_count=int(redrive.get("maxReceiveCount", 0)),
         sender_batch_size=int(sqs_event.get("BatchSize", 10)),
@@ -536,6 +542,18 @@ def _attribute_text(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
+
+
+def _secret_keys(properties: Mapping[str, Any]) -> list[str]:
+    """The keys a secret declares: its `SecretString`'s, or its generated template's and GenerateStringKey."""
+    generate = properties.get("GenerateSecretString") or {}
+    text = properties.get("SecretString", generate.get("SecretStringTemplate") or "{}")
+    try:
+        document = json.loads(str(text))
+    except ValueError:
+        raise TemplateError("a secret's SecretString (or SecretStringTemplate) is not JSON") from None
+    keys = list(document) if isinstance(document, dict) else []
+    return [*keys, str(generate["GenerateStringKey"])] if generate.get("GenerateStringKey") else keys
 
 
 def _generated_secret(generate: Mapping[str, Any]) -> str:
