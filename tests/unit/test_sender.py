@@ -191,12 +191,40 @@ def test_a_poison_event_is_isolated_and_dead_lettered(
     assert "poisoned" in attrs["tiktok_message"]
     assert attrs["dlq_reason"] == "rejected by TikTok with code 40002"
     metrics = emf_metrics(output())
-    assert metrics["EventsReceived"] == [1000]
+    assert metrics["RecordsReceived"] == [1000]
     assert metrics["EventsDelivered"] == [999]
     assert metrics["EventsDeadLettered"] == [1]
     assert metrics["EventsRetried"] == [0]
     assert metrics["TikTokRequests"] == [tiktok.request_count]
     assert metrics["EventsPerRequest"][:3] == [1000, 500, 500]
+    assert len(metrics["TikTokLatency"]) == tiktok.request_count
+
+
+def by_source(output: str) -> dict[tuple[str, str, str], float]:
+    """The per-source counts: (metric, EventSource, Event) -> value."""
+    found = {}
+    for line in output.splitlines():
+        blob = json.loads(line) if line.startswith("{") else {}
+        for name in ("EventsDeliveredBySource", "EventsDeadLetteredBySource"):
+            if name in blob:
+                found[(name, blob["EventSource"], blob["Event"])] = blob[name][0]
+    return found
+
+
+def test_delivered_and_dead_lettered_are_counted_per_source_and_event(
+    tiktok: Emulator, stack: Stack, output: Callable[[], str]
+) -> None:
+    """Bounded dimensions: the destination and the TikTok event, custom event names counted together."""
+    tiktok.set_faults(poison_marker="POISON")
+    custom = MappedEvent(WEB, {**mapped(3).data, "event": "Custom_Quiz_Finished", "event_id": "quiz-3"})
+    events = [mapped(0), mapped(1, OFFLINE), mapped(2, description="POISON"), custom]
+    assert invoke(sqs_event(events)) == []
+    assert by_source(output()) == {
+        ("EventsDeliveredBySource", "web", "Purchase"): 1,
+        ("EventsDeliveredBySource", "offline", "Purchase"): 1,
+        ("EventsDeliveredBySource", "web", "Custom"): 1,
+        ("EventsDeadLetteredBySource", "web", "Purchase"): 1,
+    }
 
 
 def test_throttling_keeps_the_records_and_never_dead_letters(

@@ -20,7 +20,7 @@ import phonenumbers
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tiktok_bridge.model import EventSource, Route
+from tiktok_bridge.model import STANDARD_EVENTS, EventSource, Route
 from tiktok_bridge.scrub import DEFAULT_PII_PARAMETERS, Scrubber, parameter_key
 from tiktok_bridge.segment import Path, describe_errors
 
@@ -28,34 +28,6 @@ ContentsMode = Literal["single", "multi", "auto", "none"]
 TriggerType = Literal["track", "page", "screen"]
 Scalar = str | int | float | bool | None
 
-# TikTok's standard events (custom event names must not collide with them, case-insensitively).
-STANDARD_EVENTS = frozenset(
-    {
-        "AddPaymentInfo",
-        "AddToCart",
-        "AddToWishlist",
-        "ApplicationApproval",
-        "ClickButton",
-        "CompletePayment",
-        "CompleteRegistration",
-        "Contact",
-        "CustomizeProduct",
-        "Download",
-        "FindLocation",
-        "InitiateCheckout",
-        "Lead",
-        "Pageview",
-        "PlaceAnOrder",
-        "Purchase",
-        "Schedule",
-        "Search",
-        "StartTrial",
-        "SubmitApplication",
-        "SubmitForm",
-        "Subscribe",
-        "ViewContent",
-    }
-)
 _STANDARD_FOLDED = frozenset(name.lower() for name in STANDARD_EVENTS)
 # Renamed by TikTok in May 2025 (old names still converted); `legacy_event_names: true` sends the old names.
 LEGACY_NAMES = {"Purchase": "CompletePayment", "Lead": "SubmitForm"}

@@ -13,6 +13,35 @@ SOURCE_ID_KEYS: dict[EventSource, str] = {"web": "pixel_code", "offline": "event
 
 T = TypeVar("T")
 
+# TikTok's standard events (custom event names must not collide with them, case-insensitively).
+STANDARD_EVENTS = frozenset(
+    {
+        "AddPaymentInfo",
+        "AddToCart",
+        "AddToWishlist",
+        "ApplicationApproval",
+        "ClickButton",
+        "CompletePayment",
+        "CompleteRegistration",
+        "Contact",
+        "CustomizeProduct",
+        "Download",
+        "FindLocation",
+        "InitiateCheckout",
+        "Lead",
+        "Pageview",
+        "PlaceAnOrder",
+        "Purchase",
+        "Schedule",
+        "Search",
+        "StartTrial",
+        "SubmitApplication",
+        "SubmitForm",
+        "Subscribe",
+        "ViewContent",
+    }
+)
+
 
 @dataclass(frozen=True)
 class Route:

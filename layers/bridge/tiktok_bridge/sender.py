@@ -38,7 +38,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSEvent, SQS
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tiktok_bridge import queue, tiktok
-from tiktok_bridge.model import MappedEvent, Route, chunked, group_by_route, request_body
+from tiktok_bridge.model import STANDARD_EVENTS, MappedEvent, Route, chunked, group_by_route, request_body
 from tiktok_bridge.secret import BridgeSecret, SecretError, fetch_secret
 from tiktok_bridge.settings import Settings
 from tiktok_bridge.tiktok import Action, Verdict
@@ -75,6 +75,15 @@ class DeadLetter:
 
     record: SQSRecord
     reason: dict[str, str]
+    event: MappedEvent | None = None  # None: a corrupt record
+
+
+def labels(event: MappedEvent | None) -> tuple[str, str]:
+    """The (EventSource, Event) metric dimensions of an event: bounded, custom event names count as Custom."""
+    if event is None:
+        return "unknown", "unknown"
+    name = event.data.get("event")
+    return event.route.event_source, name if name in STANDARD_EVENTS else "Custom"
 
 
 @dataclass
@@ -93,6 +102,12 @@ class Delivery:
     misconfigured: int = 0  # records kept because of the secret, token or source id, not TikTok's load
     dead: list[DeadLetter] = field(default_factory=list)
     codes: Counter[str] = field(default_factory=Counter)
+    by_source: dict[str, Counter[tuple[str, str]]] = field(
+        default_factory=lambda: {
+            "EventsDeliveredBySource": Counter(),
+            "EventsDeadLetteredBySource": Counter(),
+        }
+    )
 
     @property
     def last_try(self) -> int:
@@ -150,7 +165,11 @@ class Delivery:
         source_id = self.secret.source_ids()[route.source_id_key]
         body = request_body(route, source_id, [item.event.data for item in items])
         token = self.secret.access_token.get_secret_value()
+        started = time.monotonic()
         verdict = tiktok.track(self.settings.tiktok_base_url, token, body, timeout)
+        metrics.add_metric(
+            name="TikTokLatency", unit=MetricUnit.Milliseconds, value=1000 * (time.monotonic() - started)
+        )
         self._record(verdict, len(items))
         return verdict
 
@@ -158,6 +177,7 @@ class Delivery:
         match verdict.action:
             case Action.DELIVERED:
                 self.delivered += len(items)
+                self.by_source["EventsDeliveredBySource"].update(labels(item.event) for item in items)
             case Action.AUTH if not self.refreshed:
                 self.refreshed = True
                 try:
@@ -230,7 +250,7 @@ class Delivery:
             "tiktok_message": verdict.message or "(no message)",
             "attempts": str(item.receives),
         }
-        self.dead.append(DeadLetter(item.record, letter))
+        self.dead.append(DeadLetter(item.record, letter, item.event))
 
     def dead_letter(self) -> None:
         """Send the dead letters so far to the DLQ (DLQ_ATTEMPTS tries); one that cannot be sent stays on the
@@ -250,8 +270,11 @@ class Delivery:
             unsent = [entry for batch in queue.batches(unsent) for entry in queue.send_batch(sqs, url, batch)]
             if not unsent:
                 break
-        self.failed.update(letters[int(entry["Id"])].record.message_id for entry in unsent)
+        unsent_ids = {int(entry["Id"]) for entry in unsent}
+        self.failed.update(letters[index].record.message_id for index in unsent_ids)
         self.dead_lettered += len(letters) - len(unsent)
+        sent = (letter for index, letter in enumerate(letters) if index not in unsent_ids)
+        self.by_source["EventsDeadLetteredBySource"].update(labels(letter.event) for letter in sent)
         reasons = Counter(letter.reason["dlq_reason"] for letter in letters)
         message_ids = [letter.record.message_id for letter in letters]
         extra = {"reasons": dict(reasons), "unsent": len(unsent), "message_ids": message_ids}
@@ -270,6 +293,13 @@ def _dlq_entry(entry_id: str, letter: DeadLetter) -> dict[str, Any]:
     return {"Id": entry_id, "MessageBody": letter.record.body, "MessageAttributes": attributes}
 
 
+def count_by(name: str, count: int, **dimensions: str) -> None:
+    """A count metric of its own, with `dimensions` on top of the service."""
+    with single_metric(name=name, unit=MetricUnit.Count, value=count, namespace=metrics.namespace) as metric:
+        for dimension, value in dimensions.items():
+            metric.add_dimension(name=dimension, value=value)
+
+
 def process(
     records: Sequence[SQSRecord], settings: Settings | None = None, time_left_s: float = math.inf
 ) -> set[str]:
@@ -281,7 +311,7 @@ def process(
     delivery.deliver(pending)
     delivery.dead_letter()
     counts = {
-        "EventsReceived": len(records),
+        "RecordsReceived": len(records),
         "EventsDelivered": delivery.delivered,
         "EventsRetried": len(delivery.failed),
         "EventsHeldByConfigError": delivery.misconfigured,
@@ -291,10 +321,10 @@ def process(
     for name, value in counts.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     for code, count in delivery.codes.items():
-        with single_metric(
-            name="TikTokResponses", unit=MetricUnit.Count, value=count, namespace=metrics.namespace
-        ) as metric:
-            metric.add_dimension(name="TikTokCode", value=code)
+        count_by("TikTokResponses", count, TikTokCode=code)
+    for name, counter in delivery.by_source.items():
+        for (source, event), count in counter.items():
+            count_by(name, count, EventSource=source, Event=event)
     if delivery.failed:
         logger.warning("events stay queued", extra={"message_ids": sorted(delivery.failed)})
     logger.info("batch processed", extra=counts)
