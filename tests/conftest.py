@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 import pytest
 from aws_lambda_powertools.utilities import parameters
 from moto import mock_aws
-from tiktok_bridge.local import LambdaContext
-from tiktok_bridge.stack import Stack, create_stack
+from tiktok_bridge_cli.local import LambdaContext
+from tiktok_bridge_cli.stack import Stack, create_stack
 
 if TYPE_CHECKING:
-    from tiktok_bridge.emulator import Emulator
+    from tiktok_bridge_cli.emulator import Emulator
 
 REGION = "us-east-1"
 TEST_SECRET: dict[str, str] = {
@@ -69,7 +69,7 @@ def stack(aws: None, monkeypatch: pytest.MonkeyPatch) -> Stack:
 @pytest.fixture
 def emulator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
     """A running TikTok emulator knowing TEST_SECRET's token and source ids; TIKTOK_BASE_URL points at it."""
-    from tiktok_bridge.emulator import Emulator
+    from tiktok_bridge_cli.emulator import Emulator
 
     if "stack" in request.fixturenames:
         request.getfixturevalue("stack")  # set up first, so TIKTOK_BASE_URL below wins

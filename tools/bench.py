@@ -36,9 +36,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from tiktok_bridge import auth, identity, ingest, queue, segment
 from tiktok_bridge.config import BridgeConfig
-from tiktok_bridge.local import LambdaContext, LambdaWorker, LocalStack
 from tiktok_bridge.mapping import map_events
-from tiktok_bridge.stack import INGEST_ID, create_stack, load_template
+from tiktok_bridge_cli.local import LambdaContext, LambdaWorker, LocalStack
+from tiktok_bridge_cli.stack import INGEST_ID, create_stack, load_template
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
@@ -346,8 +346,8 @@ def _workers() -> dict[str, int]:
             command = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if int(stat.rpartition(")")[2].split()[1]) == os.getpid() and b"tiktok_bridge.local" in command:
-            handler_file = command[command.index(b"tiktok_bridge.local") + 1]
+        if int(stat.rpartition(")")[2].split()[1]) == os.getpid() and b"tiktok_bridge_cli.local" in command:
+            handler_file = command[command.index(b"tiktok_bridge_cli.local") + 1]
             found[Path(handler_file.decode()).parent.name] = int(entry.name)
     return found
 
@@ -884,7 +884,7 @@ def serve_moto() -> int:
         sys.stdin.read()
         os._exit(0)
 
-    from tiktok_bridge.local import moto_server, url_of
+    from tiktok_bridge_cli.local import moto_server, url_of
 
     with moto_sqs_speedups():
         server = moto_server(0)

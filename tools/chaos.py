@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tiktok_bridge.emulator import Emulator
-from tiktok_bridge.local import LocalStack
-from tiktok_bridge.stack import QUEUE_ID, SENDER_ID, load_template
+from tiktok_bridge_cli.emulator import Emulator
+from tiktok_bridge_cli.local import LocalStack
+from tiktok_bridge_cli.stack import QUEUE_ID, SENDER_ID, load_template
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from tiktok_bridge.auth import signature
-from tiktok_bridge.local import LOCAL_CREDENTIALS, LocalStack
+from tiktok_bridge_cli.local import LOCAL_CREDENTIALS, LocalStack
 
 from tests.e2e.conftest import CLI, serve
 from tests.unit.test_hostile_ingest import FREE_TEXT_PII, free_text_pii_event
@@ -57,6 +57,14 @@ def fresh(local: LocalStack) -> LocalStack:
 def post(local: LocalStack, body: bytes, **headers: str) -> httpx.Response:
     signed = local.webhook_headers(body)
     return httpx.post(local.ingest_url, content=body, headers={**signed, **headers}, timeout=30)
+
+
+def empty_dlq(local: LocalStack) -> None:
+    """Delete every dead letter (moto, like SQS, allows one PurgeQueue a minute)."""
+    sqs, url = local.stack.client("sqs"), local.stack.dlq_url
+    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        for message in messages:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
 
 def delivered(local: LocalStack) -> list[dict[str, Any]]:
@@ -109,9 +117,7 @@ def test_a_poison_event_ends_in_the_dlq_with_its_reason_and_the_rest_is_delivere
     assert letter.attributes["dlq_reason"].startswith("rejected by TikTok")
     assert letter.attributes["tiktok_code"] == "40002"
     assert not [pii for pii in RAW_PII if pii in letter.body + json.dumps(letter.attributes)]
-    # leave the DLQ empty for the next test
-    sqs = fresh.stack.client("sqs")
-    sqs.purge_queue(QueueUrl=fresh.stack.dlq_url)
+    empty_dlq(fresh)  # for the next test
 
 
 def test_pii_in_urls_and_free_text_reaches_neither_tiktok_nor_the_dlq_nor_a_log(fresh: LocalStack) -> None:
@@ -127,7 +133,7 @@ def test_pii_in_urls_and_free_text_reaches_neither_tiktok_nor_the_dlq_nor_a_log(
     assert [event["page"]["url"] for event in delivered(fresh)] == [
         "https://shop.example/thanks?order=77&ttclid=E.C.P.abc"
     ]
-    fresh.stack.client("sqs").purge_queue(QueueUrl=fresh.stack.dlq_url)
+    empty_dlq(fresh)
 
 
 def test_function_logs_never_hold_raw_pii(local: LocalStack) -> None:

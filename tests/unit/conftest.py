@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from tiktok_bridge import ingest
-from tiktok_bridge.stack import Stack
+from tiktok_bridge_cli.stack import Stack
 
 from events.make_apigw_events import DEMO_WEBHOOK_SECRET, DEMO_WEBHOOK_TOKEN
 

@@ -12,9 +12,10 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from tiktok_bridge import cli, dlq, queue
-from tiktok_bridge.local import moto_server, serving, url_of
-from tiktok_bridge.stack import Stack, create_stack, delete_stack
+from tiktok_bridge import queue
+from tiktok_bridge_cli import cli, dlq
+from tiktok_bridge_cli.local import moto_server, serving, url_of
+from tiktok_bridge_cli.stack import Stack, create_stack, delete_stack
 
 SECRET = "PLAINTEXT-BODY-VALUE"  # in every body: must never be printed
 TEST_CODE = "TEST-CODE-ROUTING-VALUE"  # a routing attribute value: must never be printed either

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import ValidationError
-from tiktok_bridge.emulator import MAX_BODY_BYTES, TRACK_PATH, Emulator, Faults
+from tiktok_bridge_cli.emulator import MAX_BODY_BYTES, TRACK_PATH, Emulator, Faults
 
 TOKEN = {"Access-Token": "test-token"}
 RAW_EMAIL = "jane.doe@example.com"
@@ -368,7 +368,7 @@ def test_url_requires_running_emulator() -> None:
 
 
 CLI = (
-    "import argparse, sys; from tiktok_bridge import emulator; p = argparse.ArgumentParser(); "
+    "import argparse, sys; from tiktok_bridge_cli import emulator; p = argparse.ArgumentParser(); "
     "emulator.register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.run(a))"
 )
 

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from tiktok_bridge import ingest
 from tiktok_bridge.auth import signature
-from tiktok_bridge.local import http_api_event
-from tiktok_bridge.stack import Stack
+from tiktok_bridge_cli.local import http_api_event
+from tiktok_bridge_cli.stack import Stack
 
 from tests.conftest import lambda_context
 from tests.unit.test_queue import drain

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tiktok_bridge import sender, tiktok
 from tiktok_bridge.model import Route
 from tiktok_bridge.settings import Settings
-from tiktok_bridge.stack import Stack
+from tiktok_bridge_cli.stack import Stack
 
 from tests.conftest import lambda_context
 from tests.unit.test_fuzz_ingest import fuzz_settings, json_values

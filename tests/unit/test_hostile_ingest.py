@@ -11,7 +11,7 @@ import boto3
 import pytest
 from tiktok_bridge import ingest, mapping, normalize
 from tiktok_bridge.auth import signature
-from tiktok_bridge.stack import Stack
+from tiktok_bridge_cli.stack import Stack
 
 from events.make_apigw_events import DEMO_WEBHOOK_SECRET, compact
 from tests.unit.test_identity import EMAIL, identify, items, purchase, send, sha256

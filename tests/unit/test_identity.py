@@ -13,10 +13,11 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse, HTTPHeaders
-from tiktok_bridge import cli, identity, ingest
+from tiktok_bridge import identity, ingest
 from tiktok_bridge.config import BridgeConfig, ConfigError, load_config
 from tiktok_bridge.mapping import map_events
-from tiktok_bridge.stack import Stack, delete_stack
+from tiktok_bridge_cli import cli
+from tiktok_bridge_cli.stack import Stack, delete_stack
 
 from tests.unit.test_ingest import post, queued
 

@@ -15,7 +15,8 @@ from tiktok_bridge import ingest, queue
 from tiktok_bridge.auth import signature
 from tiktok_bridge.config import ConfigError
 from tiktok_bridge.model import MappedEvent
-from tiktok_bridge.stack import Stack
+from tiktok_bridge.secret import BridgeSecret, fetch_secret
+from tiktok_bridge_cli.stack import Stack
 
 from events.make_apigw_events import (
     DEMO_WEBHOOK_SECRET,
@@ -430,10 +431,12 @@ def test_a_rotation_refuses_no_event_and_takes_effect_at_once(
     token = {"webhook_token": "new-token", "previous_webhook_token": DEMO_WEBHOOK_TOKEN}
     secrets.put_secret_value(SecretId=bridge.secret_of("webhook_token"), SecretString=json.dumps(token))
     reads: list[bool] = []
-    fetch = ingest.fetch_secret
-    monkeypatch.setattr(
-        ingest, "fetch_secret", lambda *a, **k: reads.append(k.get("force", False)) or fetch(*a, **k)
-    )
+
+    def fetch(secret_id: str, *, force: bool = False) -> BridgeSecret:
+        reads.append(force)
+        return fetch_secret(secret_id, force=force)
+
+    monkeypatch.setattr(ingest, "fetch_secret", fetch)
     assert post(body, signed("new-secret", "new-token"))[0] == 200  # refused by the cache, then re-read
     assert reads.count(True) == 2  # both secrets, once
     assert post(body, signed(DEMO_WEBHOOK_SECRET, DEMO_WEBHOOK_TOKEN))[0] == 200  # the previous values

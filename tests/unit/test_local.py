@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from tiktok_bridge.config import load_config
-from tiktok_bridge.local import (
+from tiktok_bridge_cli.local import (
     Invocation,
     LambdaWorker,
     LocalStackError,
@@ -20,7 +20,7 @@ from tiktok_bridge.local import (
     match_route,
     with_test_event_code,
 )
-from tiktok_bridge.stack import FunctionSpec, Stack
+from tiktok_bridge_cli.stack import FunctionSpec, Stack
 
 ROUTES = [("POST", "/v1/events"), ("GET", "/items/{id}"), ("ANY", "/files/{path+}")]
 

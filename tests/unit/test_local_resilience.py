@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tiktok_bridge.local import (
+from tiktok_bridge_cli.local import (
     API_GATEWAY_MAX_BODY_BYTES,
     Invocation,
     LambdaWorker,
@@ -27,7 +27,7 @@ from tiktok_bridge.local import (
     serving,
     url_of,
 )
-from tiktok_bridge.stack import FunctionSpec, Stack
+from tiktok_bridge_cli.stack import FunctionSpec, Stack
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:

@@ -15,10 +15,10 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from tiktok_bridge import queue, sender
-from tiktok_bridge.emulator import Emulator, _invalid
 from tiktok_bridge.model import MappedEvent, Route
 from tiktok_bridge.secret import fetch_secret
-from tiktok_bridge.stack import Stack
+from tiktok_bridge_cli.emulator import Emulator, _invalid
+from tiktok_bridge_cli.stack import Stack
 
 from tests.conftest import lambda_context
 

@@ -11,7 +11,7 @@ import boto3
 import pytest
 import yaml
 from tiktok_bridge.secret import BridgeSecret
-from tiktok_bridge.stack import DEFAULT_TEMPLATE, Stack, TemplateError, create_stack, load_template
+from tiktok_bridge_cli.stack import DEFAULT_TEMPLATE, Stack, TemplateError, create_stack, load_template
 
 TEMPLATE = load_template(DEFAULT_TEMPLATE)
 

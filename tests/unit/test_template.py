@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -117,17 +118,21 @@ def test_queues_are_encrypted_and_redrive_to_the_dlq(cfn: dict[str, Any]) -> Non
     assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600 > queue["MessageRetentionPeriod"]
 
 
-def test_secret_generates_the_webhook_secret(cfn: dict[str, Any]) -> None:
-    generate = props(cfn, "BridgeSecret")["GenerateSecretString"]
+def test_generated_and_user_entered_credentials_live_in_separate_secrets(cfn: dict[str, Any]) -> None:
+    """Editing a generator regenerates its own secret only, never the TikTok token the user typed in."""
+    assert "GenerateSecretString" not in props(cfn, "TikTokSecret")
+    typed = json.loads(props(cfn, "TikTokSecret")["SecretString"])
+    assert typed == {"access_token": "", "pixel_code": "", "event_set_id": ""}
+    generate = props(cfn, "WebhookSecret")["GenerateSecretString"]
     assert generate["GenerateStringKey"] == "webhook_secret"
-    placeholders = json.loads(generate["SecretStringTemplate"])
-    assert placeholders == {"access_token": "", "pixel_code": "", "event_set_id": ""}
+    assert json.loads(generate["SecretStringTemplate"]) == {"previous_webhook_secret": ""}
 
 
 def test_the_webhook_token_is_generated_too_and_only_ingest_reads_it(cfn: dict[str, Any]) -> None:
     """Secure by default: a first-element-signed batch needs the token, so the template generates one."""
     generate = props(cfn, "WebhookTokenSecret")["GenerateSecretString"]
     assert generate["GenerateStringKey"] == "webhook_token"
+    assert json.loads(generate["SecretStringTemplate"]) == {"previous_webhook_token": ""}
     assert generate["PasswordLength"] >= 32
     ingest = props(cfn, "IngestFunction")["Environment"]["Variables"]
     assert ingest["WEBHOOK_TOKEN_SECRET_ID"] == {"Ref": "WebhookTokenSecret"}
@@ -154,12 +159,13 @@ def test_environment_names_are_the_ones_settings_reads(cfn: dict[str, Any]) -> N
     source = inspect.getsource(settings.Settings.from_env)
     for function in ("IngestFunction", "SenderFunction"):
         variables = props(cfn, function)["Environment"]["Variables"]
-        assert variables["SECRET_ID"] == {"Ref": "BridgeSecret"}
         for name in variables:
             assert name.startswith("POWERTOOLS_") or f'"{name}"' in source, name
     ingest, sender = (props(cfn, f)["Environment"]["Variables"] for f in ("IngestFunction", "SenderFunction"))
     assert ingest["QUEUE_URL"] == {"Ref": "EventsQueue"}
+    assert ingest["WEBHOOK_SECRET_ID"] == {"Ref": "WebhookSecret"}
     assert sender["DLQ_URL"] == {"Ref": "EventsDeadLetterQueue"}
+    assert sender["TIKTOK_SECRET_ID"] == {"Ref": "TikTokSecret"}
 
 
 def statements(cfn: dict[str, Any], role: str) -> list[tuple[list[str], Any]]:
@@ -179,23 +185,24 @@ def queue_arn(logical_id: str) -> dict[str, Any]:
     }
 
 
-SECRET_ARN = {"Fn::Sub": ["${secretArn}", {"secretArn": {"Ref": "BridgeSecret"}}]}
+def read_secret(logical_id: str) -> tuple[list[str], Any]:
+    return (
+        ["secretsmanager:GetSecretValue"],
+        {"Fn::Sub": ["${secretArn}", {"secretArn": {"Ref": logical_id}}]},
+    )
 
 
 def test_roles_grant_only_what_each_function_needs(cfn: dict[str, Any]) -> None:
-    read_secret = (["secretsmanager:GetSecretValue"], SECRET_ARN)
+    """Ingest faces the internet: it can read the webhook credentials, never the TikTok access token."""
     assert statements(cfn, "IngestFunctionRole") == [
         (["sqs:SendMessage*"], queue_arn("EventsQueue")),
         (["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"], {"Fn::GetAtt": ["ProfilesTable", "Arn"]}),
-        read_secret,
-        (
-            ["secretsmanager:GetSecretValue"],
-            {"Fn::Sub": ["${secretArn}", {"secretArn": {"Ref": "WebhookTokenSecret"}}]},
-        ),
+        read_secret("WebhookSecret"),
+        read_secret("WebhookTokenSecret"),
     ]
     assert statements(cfn, "SenderFunctionRole") == [
         (["sqs:SendMessage*"], queue_arn("EventsDeadLetterQueue")),
-        read_secret,
+        read_secret("TikTokSecret"),
     ]
     basic = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
     poller = "arn:aws:iam::aws:policy/service-role/AWSLambdaSQSQueueExecutionRole"  # added by SAM's SQS event
@@ -250,3 +257,131 @@ def test_the_config_error_alarm_watches_the_metric_the_sender_emits(cfn: dict[st
     assert alarm["Dimensions"] == [{"Name": "service", "Value": env["POWERTOOLS_SERVICE_NAME"]}]
     sender_source = (TEMPLATE.parent / "layers" / "bridge" / "tiktok_bridge" / "sender.py").read_text()
     assert f'"{alarm["MetricName"]}"' in sender_source
+
+
+# --- operations: logs, throttling, outputs -----------------------------------------------------------------
+
+
+def test_each_function_logs_to_its_own_log_group_with_the_retention_parameter(cfn: dict[str, Any]) -> None:
+    """Lambda writes to /aws/lambda/<function name>; the template owns that group, so it has a retention."""
+    functions = [k for k, v in cfn["Resources"].items() if v["Type"] == "AWS::Lambda::Function"]
+    groups = {
+        json.dumps(v["Properties"]["LogGroupName"]): v["Properties"]
+        for v in cfn["Resources"].values()
+        if v["Type"] == "AWS::Logs::LogGroup"
+    }
+    assert sorted(functions) == ["IngestFunction", "SenderFunction"]
+    for function in functions:
+        group = groups[json.dumps({"Fn::Sub": f"/aws/lambda/${{{function}}}"})]
+        assert group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_log_retention_is_a_parameter_of_cloudwatchs_allowed_values(cfn: dict[str, Any]) -> None:
+    from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
+
+    schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema("us-east-1", "AWS::Logs::LogGroup").schema
+    parameter = cfn["Parameters"]["LogRetentionDays"]
+    assert parameter["AllowedValues"] == schema["properties"]["RetentionInDays"]["enum"]
+    assert parameter["Default"] == 30
+    for resource in cfn["Resources"].values():
+        if resource["Type"] == "AWS::Logs::LogGroup":
+            assert resource["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_api_access_logs_are_json_lines_without_bodies_or_header_values(cfn: dict[str, Any]) -> None:
+    settings = props(cfn, "HttpApiApiGatewayDefaultStage")["AccessLogSettings"]
+    assert settings["DestinationArn"] == {"Fn::GetAtt": ["HttpApiAccessLogGroup", "Arn"]}
+    fields = json.loads(settings["Format"])
+    wanted = {
+        "requestId",
+        "ip",
+        "requestTime",
+        "routeKey",
+        "status",
+        "responseLength",
+        "integrationErrorMessage",
+    }
+    assert wanted <= set(fields)
+    for name, value in fields.items():
+        assert value.startswith("$context."), name
+        lowered = value.lower()
+        # the body (raw PII before hashing), the signature, the token, or any header or query value
+        assert not any(
+            word in lowered for word in ("body", "header", "authoriz", "signature", "querystring")
+        ), value
+    assert props(cfn, "HttpApiAccessLogGroup")["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_the_stage_throttles_with_parameters_that_leave_segment_room(cfn: dict[str, Any]) -> None:
+    routes = props(cfn, "HttpApiApiGatewayDefaultStage")["DefaultRouteSettings"]
+    assert routes == {
+        "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+        "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+    }
+    rate, burst = cfn["Parameters"]["ApiThrottlingRateLimit"], cfn["Parameters"]["ApiThrottlingBurstLimit"]
+    assert (rate["Default"], burst["Default"]) == (100, 200)
+    assert burst["Default"] >= rate["Default"]
+    for parameter in (rate, burst):
+        assert 1 <= parameter["MinValue"] <= parameter["Default"] <= parameter["MaxValue"]
+    # 100 requests/s of MaxEvents each is far more events than Segment sends one destination
+    assert rate["Default"] * cfn["Parameters"]["MaxEvents"]["Default"] >= 100_000
+
+
+def test_the_serverless_rules_run_on_the_transformed_template(text: str) -> None:
+    no_throttling = text.replace(
+        "      DefaultRouteSettings:\n"
+        "        ThrottlingRateLimit: !Ref ApiThrottlingRateLimit\n"
+        "        ThrottlingBurstLimit: !Ref ApiThrottlingBurstLimit\n",
+        "",
+    )
+    assert no_throttling != text
+    assert any(p.startswith("ES2003 Resources/HttpApiApiGatewayDefaultStage") for p in check(no_throttling))
+    # a skip on a SAM function also covers the event source mapping SAM generates from it
+    no_skip = text.replace("ignore_checks: [WS1000, ES1001]", "ignore_checks: [WS1000]")
+    assert no_skip != text
+    assert any(p.startswith("ES1001 Resources/SenderFunctionQueue") for p in check(no_skip))
+
+
+def test_every_finding_skipped_in_the_template_has_a_reason(text: str) -> None:
+    """Each `ignore_checks` line follows a comment naming every rule it skips, with the reason."""
+    lines = text.splitlines()
+    skips = [n for n, line in enumerate(lines) if line.strip().startswith("ignore_checks:")]
+    assert skips
+    for n in skips:
+        rules = lines[n].split("[", 1)[1].rstrip("]").replace(" ", "").split(",")
+        comments = []
+        for line in reversed(lines[:n]):
+            if not line.strip().startswith("#"):
+                break
+            comments.append(line)
+        for rule in rules:
+            assert any(f"# {rule} (" in comment for comment in comments), (rule, lines[n])
+
+
+def test_outputs_name_the_dashboard_logs_and_alarm_topic(cfn: dict[str, Any]) -> None:
+    outputs = cfn["Outputs"]
+    assert "${Dashboard}" in outputs["DashboardUrl"]["Value"]["Fn::Sub"]
+    assert "${AWS::StackName}" in outputs["AlarmsUrl"]["Value"]["Fn::Sub"]
+    assert outputs["AlarmTopicArn"] == {
+        "Condition": "HasAlarmEmail",
+        "Description": outputs["AlarmTopicArn"]["Description"],
+        "Value": {"Ref": "AlarmTopic"},
+    }
+    assert outputs["IngestLogGroupName"]["Value"] == {"Ref": "IngestFunctionLogGroup"}
+    assert outputs["SenderLogGroupName"]["Value"] == {"Ref": "SenderFunctionLogGroup"}
+    assert outputs["ApiAccessLogGroupName"]["Value"] == {"Ref": "HttpApiAccessLogGroup"}
+    assert outputs["EventsQueueArn"]["Value"] == {"Fn::GetAtt": ["EventsQueue", "Arn"]}
+    assert outputs["EventsDeadLetterQueueArn"]["Value"] == {"Fn::GetAtt": ["EventsDeadLetterQueue", "Arn"]}
+    dashboard = props(cfn, "Dashboard")
+    assert dashboard["DashboardName"] == {
+        "Fn::Sub": "${AWS::StackName}-${AWS::Region}"
+    }  # dashboards are global
+
+
+def test_outputs_hold_every_url_arn_and_name_the_readme_and_cli_use(cfn: dict[str, Any]) -> None:
+    from tiktok_bridge_cli import dlq
+
+    readme = (TEMPLATE.parent / "README.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"[`<]([A-Z][A-Za-z0-9]+(?:Url|Arn|Name))\b", readme)) - set(cfn["Parameters"])
+    assert named
+    assert named | {dlq.QUEUE_OUTPUT, dlq.DLQ_OUTPUT} <= set(cfn["Outputs"])

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from tiktok_bridge import tiktok
-from tiktok_bridge.emulator import Emulator
 from tiktok_bridge.tiktok import Action, classify, track
+from tiktok_bridge_cli.emulator import Emulator
 
 DELIVERED, PARTIAL, BUSY, RETRY = Action.DELIVERED, Action.PARTIAL, Action.BUSY, Action.RETRY
 AUTH, INVALID = Action.AUTH, Action.INVALID

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from tiktok_bridge.config import BridgeConfig
 from tiktok_bridge.identity import COVERAGE_KEYS, coverage
-from tiktok_bridge.local import DeadLetter, LocalStack, LocalStackError
 from tiktok_bridge.mapping import map_events
 from tiktok_bridge.segment import parse_body
-from tiktok_bridge.stack import DEFAULT_TEMPLATE
+
+from tiktok_bridge_cli.local import DeadLetter, LocalStack, LocalStackError
+from tiktok_bridge_cli.stack import DEFAULT_TEMPLATE
 
 SAMPLES = DEFAULT_TEMPLATE.parent / "events" / "segment"
 DRAIN_TIMEOUT_S = 120.0

@@ -8,12 +8,12 @@ from collections.abc import Sequence
 
 # Each module defines `register(subparsers)`, adding its sub-command with `set_defaults(run=...)`.
 COMMAND_MODULES = (
-    "tiktok_bridge.preview",
-    "tiktok_bridge.emulator",
-    "tiktok_bridge.local",
-    "tiktok_bridge.demo",
-    "tiktok_bridge.forget",
-    "tiktok_bridge.dlq",
+    "tiktok_bridge_cli.preview",
+    "tiktok_bridge_cli.emulator",
+    "tiktok_bridge_cli.local",
+    "tiktok_bridge_cli.demo",
+    "tiktok_bridge_cli.forget",
+    "tiktok_bridge_cli.dlq",
 )
 
 

@@ -39,7 +39,6 @@ from botocore.exceptions import (
     NoRegionError,
     ProfileNotFound,
 )
-
 from tiktok_bridge import queue
 from tiktok_bridge.model import chunked
 

@@ -12,7 +12,6 @@ import sys
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-
 from tiktok_bridge import identity
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sqs import SQSClient
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "template.yaml"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 LOCAL_ACCOUNT_ID = "123456789012"  # moto's default account
 DEFAULT_STACK_NAME = "tiktok-bridge"
 

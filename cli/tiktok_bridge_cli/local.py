@@ -40,11 +40,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import boto3
 import yaml
-
 from tiktok_bridge.auth import signature
 from tiktok_bridge.config import BridgeConfig, ConfigError, load_config
-from tiktok_bridge.emulator import Emulator
-from tiktok_bridge.stack import (
+
+from tiktok_bridge_cli.emulator import Emulator
+from tiktok_bridge_cli.stack import (
     DEFAULT_TEMPLATE,
     FunctionSpec,
     Stack,
@@ -197,7 +197,7 @@ class LambdaWorker:
         command = [
             sys.executable,
             "-m",
-            "tiktok_bridge.local",
+            "tiktok_bridge_cli.local",
             str(self.spec.handler_file),
             self.spec.handler_name,
         ]
