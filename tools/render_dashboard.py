@@ -523,7 +523,7 @@ def _minute_traffic(
     assert local.emulator is not None
     local.emulator.set_faults(
         throttle=10_000 if incident == "TikTok throttling" else 0,
-        # Always on: only the poison minute's events carry the marker, which the sender may post a minute later.
+        # Always on: only the poison minute's events carry it, and the sender may post them a minute later.
         poison_marker=POISON,
         delay_s=0.02 + 0.015 * (1 + math.sin(minute / 2)),
     )
