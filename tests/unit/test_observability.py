@@ -171,7 +171,8 @@ def test_emf_data_reads_every_metric_and_dimension_set() -> None:
 
 
 def literal_metric_names(source: Path) -> set[str]:
-    """Metric names written as literals in `add_metric(name=...)` / `single_metric(name=...)` calls."""
+    """Metric names written as literals in `add_metric(name=...)` / `single_metric(name=...)` calls and as the
+    name argument of `count_by(metrics, "Name", ...)`."""
     names = set()
     for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
         if not isinstance(node, ast.Call):
@@ -181,6 +182,8 @@ def literal_metric_names(source: Path) -> set[str]:
             for keyword in node.keywords:
                 if keyword.arg == "name" and isinstance(keyword.value, ast.Constant):
                     names.add(str(keyword.value.value))
+        elif called == "count_by" and len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
+            names.add(str(node.args[1].value))
     return names
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools import Logger, Metrics, single_metric
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -26,6 +26,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from tiktok_bridge import auth, identity, queue, segment
 from tiktok_bridge.config import BridgeConfig, load_config
 from tiktok_bridge.mapping import map_events
+from tiktok_bridge.metric import count_by
 from tiktok_bridge.model import MappedEvent, MappingResult, Outcome
 from tiktok_bridge.secret import BridgeSecret, SecretError, fetch_secret
 from tiktok_bridge.settings import Settings
@@ -82,11 +83,9 @@ def reason_category(reason: str) -> str:
     return re.split(r"[:(]", reason, maxsplit=1)[0].strip()
 
 
-def log_outcomes(kind: str, outcomes: list[Outcome], events: list[object]) -> None:
-    """One log line per rejected or skipped event: its messageId, type and reason (reasons hold no values)."""
-    if not outcomes:
-        return
-    types = {segment.message_id_of(raw): segment.event_type_of(raw) for raw in events}
+def log_outcomes(kind: str, outcomes: list[Outcome], types: Mapping[str, str]) -> None:
+    """One log line per rejected or skipped event: its messageId, type (`types` by messageId) and reason
+    (reasons hold no values)."""
     for outcome in outcomes:
         logger.info(
             f"event {kind}",
@@ -98,10 +97,7 @@ def log_outcomes(kind: str, outcomes: list[Outcome], events: list[object]) -> No
         )
     if kind == "rejected":
         for category, count in Counter(reason_category(o.reason) for o in outcomes).items():
-            with single_metric(
-                name="EventsRejectedByReason", unit=MetricUnit.Count, value=count, namespace=metrics.namespace
-            ) as metric:
-                metric.add_dimension(name="Reason", value=category)
+            count_by(metrics, "EventsRejectedByReason", count, Reason=category)
 
 
 def answer(events: list[object], result: MappingResult, report: queue.SendReport) -> Answer:
@@ -110,8 +106,10 @@ def answer(events: list[object], result: MappingResult, report: queue.SendReport
     refused = {mapped.event_id: reason for mapped, reason in report.refused}
     not_enqueued = list(dict.fromkeys(m.event_id for m in report.failed if m.event_id not in refused))
     rejected = [*result.rejected, *(Outcome(event_id, reason) for event_id, reason in refused.items())]
-    log_outcomes("rejected", rejected, events)
-    log_outcomes("skipped", result.skipped, events)
+    if rejected or result.skipped:
+        types = {segment.message_id_of(raw): segment.event_type_of(raw) for raw in events}
+        log_outcomes("rejected", rejected, types)
+        log_outcomes("skipped", result.skipped, types)
     accepted = len({mapped.event_id for mapped in result.forwarded} - set(refused) - set(not_enqueued))
     counts = {
         "Received": received,

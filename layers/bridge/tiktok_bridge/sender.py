@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics, single_metric
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSEvent, SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tiktok_bridge import queue, tiktok
+from tiktok_bridge.metric import count_by
 from tiktok_bridge.model import STANDARD_EVENTS, MappedEvent, Route, chunked, group_by_route, request_body
 from tiktok_bridge.secret import BridgeSecret, SecretError, fetch_secret
 from tiktok_bridge.settings import Settings
@@ -293,13 +294,6 @@ def _dlq_entry(entry_id: str, letter: DeadLetter) -> dict[str, Any]:
     return {"Id": entry_id, "MessageBody": letter.record.body, "MessageAttributes": attributes}
 
 
-def count_by(name: str, count: int, **dimensions: str) -> None:
-    """A count metric of its own, with `dimensions` on top of the service."""
-    with single_metric(name=name, unit=MetricUnit.Count, value=count, namespace=metrics.namespace) as metric:
-        for dimension, value in dimensions.items():
-            metric.add_dimension(name=dimension, value=value)
-
-
 def process(
     records: Sequence[SQSRecord], settings: Settings | None = None, time_left_s: float = math.inf
 ) -> set[str]:
@@ -321,10 +315,10 @@ def process(
     for name, value in counts.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     for code, count in delivery.codes.items():
-        count_by("TikTokResponses", count, TikTokCode=code)
+        count_by(metrics, "TikTokResponses", count, TikTokCode=code)
     for name, counter in delivery.by_source.items():
         for (source, event), count in counter.items():
-            count_by(name, count, EventSource=source, Event=event)
+            count_by(metrics, name, count, EventSource=source, Event=event)
     if delivery.failed:
         logger.warning("events stay queued", extra={"message_ids": sorted(delivery.failed)})
     logger.info("batch processed", extra=counts)
